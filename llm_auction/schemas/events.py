@@ -1,0 +1,184 @@
+"""Event models: the one definition of what travels on every topic.
+
+Every event carries ``event_id`` (a uuid, the deduplication key downstream), ``schema_version``
+and ``ts``. Responses and clicks carry ``policy_version`` so that revenue can be attributed to
+the policy that earned it. Models are frozen: an event, once built, is a fact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+AdId = Annotated[str, StringConstraints(pattern=r"^Ad-\d{4}$")]
+Bid = Annotated[int, Field(ge=1, le=100)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Ad(_Model):
+    """A catalog ad: the title is the exact string an answer must reproduce inside a marker."""
+
+    ad_id: AdId
+    title: NonEmpty
+    category: NonEmpty
+
+
+class CandidateAd(Ad):
+    """An ad offered to one query, with the advertiser's bid for it (integers 1..100)."""
+
+    bid: Bid
+
+
+class UserProfile(_Model):
+    user_id: NonEmpty
+    info: NonEmpty
+    interests: list[NonEmpty] = Field(min_length=1, max_length=10)
+
+
+class Event(_Model):
+    """Base of every event on the wire."""
+
+    event_id: str = Field(default_factory=_uuid)
+    schema_version: int = SCHEMA_VERSION
+    ts: datetime = Field(default_factory=_now)
+
+    @field_validator("ts")
+    @classmethod
+    def _aware_utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+
+class QueryEvent(Event):
+    """A user question with the candidate ads and their bids for this query."""
+
+    query_id: NonEmpty
+    user: UserProfile
+    query: NonEmpty
+    candidates: list[CandidateAd] = Field(min_length=1)
+    split: Literal["train", "test", "live"] = "live"
+
+    @model_validator(mode="after")
+    def _unique_candidates(self) -> "QueryEvent":
+        ids = [c.ad_id for c in self.candidates]
+        if len(set(ids)) != len(ids):
+            raise ValueError("candidates: duplicate ad_id")
+        return self
+
+    def bids(self) -> dict[str, int]:
+        return {c.ad_id: c.bid for c in self.candidates}
+
+    def candidate(self, ad_id: str) -> CandidateAd | None:
+        for c in self.candidates:
+            if c.ad_id == ad_id:
+                return c
+        return None
+
+
+class ResponseEvent(Event):
+    """The Ad-LLM's answer to one query and the allocation the mechanism read from it.
+
+    The query travels inside the response so that each downstream hop (user simulator,
+    warehouse, impressions join) is self-contained and needs no lookup.
+    """
+
+    query_id: NonEmpty
+    policy_version: NonEmpty
+    query: QueryEvent
+    text: str
+    exposed_ad_ids: list[AdId] = Field(default_factory=list)
+    n_ads: int = Field(ge=0)
+    format_error: bool = False
+    format_reasons: list[str] = Field(default_factory=list)
+    shown_ad_ids: list[AdId] = Field(default_factory=list)
+    latency_ms: float = Field(ge=0.0, default=0.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ResponseEvent":
+        if self.n_ads != len(self.exposed_ad_ids):
+            raise ValueError("n_ads: must equal the number of exposed_ad_ids")
+        if self.query_id != self.query.query_id:
+            raise ValueError("query_id: differs from query.query_id")
+        cand = {c.ad_id for c in self.query.candidates}
+        unknown = [a for a in self.exposed_ad_ids if a not in cand]
+        if unknown:
+            raise ValueError(f"exposed_ad_ids: not among the candidates: {unknown}")
+        return self
+
+
+class ClickEvent(Event):
+    """The user's decision on one exposed ad (one event per exposed ad, clicked or not).
+
+    ``bid`` is copied from the query so that first-price revenue (Eq. 7) can be summed from
+    the clicks table alone.
+    """
+
+    query_id: NonEmpty
+    ad_id: AdId
+    clicked: bool
+    reason: str = ""
+    policy_version: NonEmpty
+    user_id: NonEmpty
+    bid: Bid
+    click_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class PolicyVersion(Event):
+    """A published Ad-LLM policy (full weights or an adapter) that responders may serve."""
+
+    version: NonEmpty
+    parent: str | None = None
+    uri: NonEmpty
+    kind: Literal["full", "lora"] = "full"
+    base_model: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class PctrVersion(Event):
+    """A trained pCTR model exported to ONNX, with its evaluation and promotion decision."""
+
+    version: NonEmpty
+    parent: str | None = None
+    onnx_uri: NonEmpty
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    promoted: bool = True
+    n_train: int = Field(ge=0, default=0)
+
+
+class RolloutEvent(Event):
+    """An operator or trainer decision about which policy version responders serve."""
+
+    action: Literal["promote", "rollback", "pin"]
+    policy_version: NonEmpty
+    previous_version: str | None = None
+    reason: str = ""
+
+
+class DeadLetter(Event):
+    """A message a consumer could not process, kept with the reason so nothing is lost."""
+
+    source_topic: NonEmpty
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    payload: str
+    error: NonEmpty
+    consumer: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)

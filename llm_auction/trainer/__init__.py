@@ -1,0 +1,2 @@
+"""Training: pCTR fitting, IRPO (sampling, preference pairs, TRL DPO), the policy registry and
+offline evaluation."""

@@ -1,0 +1,89 @@
+"""Event models and the codec: round trips, and one-line errors that name the bad field."""
+
+import json
+
+import pytest
+
+from llm_auction.schemas import (
+    CandidateAd,
+    ClickEvent,
+    QueryEvent,
+    ResponseEvent,
+    SchemaError,
+    UserProfile,
+    decode,
+    encode,
+)
+from llm_auction.schemas.catalog import load_catalog
+
+
+def _query(**kw) -> QueryEvent:
+    user = UserProfile(user_id="u1", info="A young male white-collar worker.", interests=["yoga", "coffee"])
+    cands = [CandidateAd(ad_id="Ad-4820", title="Dutch-imported Oriental Floral Coffee Cup", category="coffee ware", bid=42)]
+    return QueryEvent(query_id="q1", user=user, query="Coffee after yoga?", candidates=cands, **kw)
+
+
+def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
+    ads = load_catalog()
+    assert len(ads) == 100 and len({a.ad_id for a in ads}) == 100
+    assert len({a.category for a in ads}) == 50
+    by_id = {a.ad_id: a.title for a in ads}
+    assert by_id["Ad-4820"] == "Dutch-imported Oriental Floral Coffee Cup"
+    assert by_id["Ad-3356"] == "American Ginseng Tea"
+
+
+def test_round_trip_keeps_every_field():
+    q = _query()
+    back = decode(encode(q), QueryEvent)
+    assert back == q and back.event_id == q.event_id and back.schema_version == 1
+    assert back.bids() == {"Ad-4820": 42}
+
+
+def test_response_must_be_consistent_with_its_query():
+    q = _query()
+    r = ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=1)
+    assert decode(encode(r), ResponseEvent) == r
+    with pytest.raises(ValueError, match="n_ads"):
+        ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=2)
+    with pytest.raises(ValueError, match="not among the candidates"):
+        ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-6542"], n_ads=1)
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        (b"{not json", "<payload>"),
+        (b"\xff\xfe", "<payload>"),
+        (b"[1, 2]", "<payload>"),
+        (json.dumps({"query_id": "q", "ad_id": "Ad-12", "clicked": True, "policy_version": "v", "user_id": "u", "bid": 3}), "ad_id"),
+        (json.dumps({"query_id": "q", "ad_id": "Ad-1234", "clicked": True, "policy_version": "v", "user_id": "u", "bid": 300}), "bid"),
+        (json.dumps({"query_id": "q", "ad_id": "Ad-1234", "clicked": True, "policy_version": "v", "user_id": "u"}), "bid"),
+        (json.dumps({"query_id": "q", "ad_id": "Ad-1234", "clicked": True, "policy_version": "v", "user_id": "u", "bid": 3, "x": 1}), "x"),
+    ],
+)
+def test_bad_payload_raises_one_line_error_naming_the_field(payload, field):
+    with pytest.raises(SchemaError) as e:
+        decode(payload, ClickEvent)
+    assert e.value.field == field
+    msg = str(e.value)
+    assert "\n" not in msg and f"'{field}'" in msg and msg.startswith("ClickEvent")
+
+
+def test_nested_field_path_is_dotted():
+    bad = json.loads(encode(_query()))
+    bad["candidates"][0]["bid"] = 0
+    with pytest.raises(SchemaError) as e:
+        decode(json.dumps(bad), QueryEvent)
+    assert e.value.field == "candidates.0.bid"
+
+
+def test_duplicate_candidates_are_rejected():
+    q = json.loads(encode(_query()))
+    q["candidates"].append(q["candidates"][0])
+    with pytest.raises(SchemaError, match="duplicate"):
+        decode(json.dumps(q), QueryEvent)
+
+
+def test_naive_timestamps_become_utc():
+    c = ClickEvent(query_id="q", ad_id="Ad-1234", clicked=False, policy_version="v", user_id="u", bid=5, ts="2026-01-01T00:00:00")
+    assert c.ts.utcoffset().total_seconds() == 0
