@@ -1,0 +1,78 @@
+"""The responder: queries in, Ad-LLM answers out, each with the allocation the mechanism reads.
+
+For every query it picks the candidates to show (all, or the top K by relevance when a CPU model
+cannot take 100 ads in its prompt), asks the Ad-LLM backend for one answer per query in a batch,
+validates the answer's markers against the shown candidates (``llm_auction.auction``), and emits a
+``ResponseEvent`` tagged with the policy version that wrote it. A query naming an ad the catalog
+does not have, or with a title that differs from the catalog's, is rejected to the dead-letter
+topic: the mechanism's exact-title rule needs the catalog to be the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from llm_auction.auction import allocate
+from llm_auction.schemas import Ad, CandidateAd, QueryEvent, ResponseEvent
+from llm_auction.schemas.topics import RESPONSES
+
+from .service import Item, Outcome, Output
+
+CandidatePicker = Callable[[QueryEvent], list[CandidateAd]]
+
+
+class PolicyState:
+    """The policy version a responder serves now; rollouts swap it between batches."""
+
+    def __init__(self, version: str):
+        self.version = version
+
+    def set(self, version: str) -> None:
+        self.version = version
+
+
+class ResponderHandler:
+    def __init__(self, backend, catalog: Sequence[Ad], policy: PolicyState, pick: CandidatePicker | None = None):
+        self.backend = backend
+        self.titles = {a.ad_id: a.title for a in catalog}
+        self.policy = policy
+        self.pick = pick
+
+    def _check(self, q: QueryEvent) -> str | None:
+        for c in q.candidates:
+            title = self.titles.get(c.ad_id)
+            if title is None:
+                return f"candidates: unknown ad id {c.ad_id} (not in the catalog)"
+            if title != c.title:
+                return f"candidates: title of {c.ad_id} differs from the catalog ({c.title!r} != {title!r})"
+        return None
+
+    def handle(self, items: Sequence[Item]) -> Outcome:
+        out = Outcome()
+        good: list[Item] = []
+        for it in items:
+            problem = self._check(it.event)
+            if problem:
+                out.rejected.append((it, problem))
+            else:
+                good.append(it)
+        if not good:
+            return out
+        queries: list[QueryEvent] = [it.event for it in good]
+        shown = [self.pick(q) if self.pick else list(q.candidates) for q in queries]
+        prompts = [q.model_copy(update={"candidates": s}) for q, s in zip(queries, shown)]
+        version = self.policy.version
+        t0 = time.perf_counter()
+        texts = self.backend.generate(prompts, version, n=1)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        for q, s, samples in zip(queries, shown, texts):
+            text = samples[0]
+            alloc = allocate(text, s)
+            resp = ResponseEvent(
+                query_id=q.query_id, policy_version=version, query=q, text=text,
+                exposed_ad_ids=list(alloc.exposed), n_ads=alloc.n_ads, format_error=alloc.format_error,
+                format_reasons=list(alloc.reasons), shown_ad_ids=[c.ad_id for c in s], latency_ms=latency_ms,
+            )
+            out.outputs.append(Output(RESPONSES, q.query_id, resp))
+        return out

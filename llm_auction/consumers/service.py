@@ -1,0 +1,198 @@
+"""The one consume -> process -> produce -> commit loop every streaming service runs.
+
+Delivery is at-least-once: a batch's offsets are committed only after its outputs were flushed
+to Kafka (or written to ClickHouse by the handler), so a crash replays the batch; downstream
+deduplicates by ``event_id``. A record that cannot be decoded, or that the handler rejects,
+goes to ``auction.dead-letter`` with the reason and is counted; the service keeps running. A
+handler that raises on a whole batch is retried item by item, so one poison message cannot
+block its neighbours.
+
+Batches close on size or on age (``batch_max_wait_s`` after their first record), which is what
+the sink needs (large, time-bounded inserts) and the responder needs (model-sized batches).
+Shutdown is graceful: set ``stop`` (the CLI does it on SIGTERM/SIGINT), the current batch is
+finished and committed, then the consumer closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from llm_auction.logs import log_event
+from llm_auction.schemas import DeadLetter, SchemaError, decode, encode
+from llm_auction.schemas.topics import DEAD_LETTER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Output:
+    """An event to produce: topic, key (query_id for per-query topics) and the event."""
+
+    topic: str
+    key: str
+    event: BaseModel
+
+
+@dataclass
+class Item:
+    """One consumed record, decoded."""
+
+    record: Any
+    event: BaseModel
+
+
+@dataclass
+class Outcome:
+    outputs: list[Output] = field(default_factory=list)
+    rejected: list[tuple[Item, str]] = field(default_factory=list)
+
+
+class Handler(Protocol):
+    """What a service does with a batch of decoded events."""
+
+    def handle(self, items: Sequence[Item]) -> Outcome: ...
+
+
+@dataclass
+class ServiceConfig:
+    name: str
+    group_id: str
+    topics: dict[str, type[BaseModel]]  # topic -> event model it carries
+    batch_size: int = 32
+    batch_max_wait_s: float = 0.2
+    poll_timeout_ms: int = 100
+
+
+class StreamService:
+    """Runs ``handler`` over the topics of ``config`` until ``stop`` is set (or limits are hit)."""
+
+    def __init__(self, config: ServiceConfig, handler: Handler, consumer, producer, stop: threading.Event | None = None):
+        self.config = config
+        self.handler = handler
+        self.consumer = consumer
+        self.producer = producer
+        self.stop = stop or threading.Event()
+        self.stats: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    # -- one batch -------------------------------------------------------------------------
+    def _dead_letter(self, record, reason: str) -> None:
+        raw = record.value
+        payload = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+        key = record.key.decode("utf-8", "replace") if isinstance(record.key, (bytes, bytearray)) else record.key
+        dl = DeadLetter(
+            source_topic=record.topic, partition=record.partition, offset=record.offset, key=key,
+            payload=payload[:100_000], error=reason[:2000], consumer=self.config.name,
+        )
+        self.producer.send(DEAD_LETTER, key=(key or "").encode("utf-8"), value=encode(dl))
+        self._count("dead_lettered")
+        log_event(log, "dead-lettered a record", logging.WARNING, service=self.config.name, topic=record.topic, offset=record.offset, reason=reason[:300])
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _handle(self, items: list[Item]) -> Outcome:
+        try:
+            return self.handler.handle(items)
+        except Exception as e:  # noqa: BLE001 - a failing batch is retried item by item
+            if len(items) == 1:
+                return Outcome(rejected=[(items[0], f"{type(e).__name__}: {e}")])
+            log_event(log, "batch failed; retrying item by item", logging.WARNING, service=self.config.name, error=f"{type(e).__name__}: {e}"[:300])
+            out = Outcome()
+            for it in items:
+                one = self._handle([it])
+                out.outputs += one.outputs
+                out.rejected += one.rejected
+            return out
+
+    def process(self, records: Sequence[Any]) -> None:
+        """Decode, handle, produce, dead-letter, flush, commit: one batch, at-least-once."""
+        items: list[Item] = []
+        for r in records:
+            model = self.config.topics.get(r.topic)
+            try:
+                if model is None:
+                    raise SchemaError("?", "<topic>", f"no model registered for topic {r.topic}")
+                items.append(Item(r, decode(r.value, model)))
+            except SchemaError as e:
+                self._dead_letter(r, str(e))
+        outcome = self._handle(items) if items else Outcome()
+        for item, reason in outcome.rejected:
+            self._dead_letter(item.record, reason)
+        for o in outcome.outputs:
+            self.producer.send(o.topic, key=o.key.encode("utf-8"), value=encode(o.event))
+        self.producer.flush()
+        self.consumer.commit()
+        self._count("consumed", len(records))
+        self._count("produced", len(outcome.outputs))
+        self._count("batches")
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counter[str]:
+        """Consume until ``stop`` is set, ``max_messages`` were processed, or nothing arrived for ``idle_timeout_s``."""
+        cfg = self.config
+        self.consumer.subscribe(list(cfg.topics))
+        pending: list[Any] = []
+        first_at = 0.0
+        last_record_at = time.monotonic()
+        log_event(log, "service started", service=cfg.name, topics=list(cfg.topics), group=cfg.group_id)
+        try:
+            while not self.stop.is_set():
+                want = cfg.batch_size - len(pending)
+                polled = self.consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max(want, 1))
+                now = time.monotonic()
+                for recs in polled.values():
+                    if recs and not pending:
+                        first_at = now
+                    pending.extend(recs)
+                if polled:
+                    last_record_at = now
+                if pending and (len(pending) >= cfg.batch_size or now - first_at >= cfg.batch_max_wait_s):
+                    self.process(pending)
+                    pending = []
+                if max_messages is not None and self.stats["consumed"] >= max_messages:
+                    break
+                if idle_timeout_s is not None and not pending and now - last_record_at > idle_timeout_s:
+                    break
+            if pending:  # graceful stop: finish what was read
+                self.process(pending)
+        finally:
+            try:
+                self.consumer.close()
+            finally:
+                log_event(log, "service stopped", service=cfg.name, **dict(self.stats))
+        return self.stats
+
+
+def run_in_threads(services: Sequence[StreamService], **run_kw) -> list[threading.Thread]:
+    """Start each service's loop in a daemon thread (the in-process demo and tests use this)."""
+    threads = []
+    for s in services:
+        t = threading.Thread(target=s.run, kwargs=run_kw, name=s.config.name, daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` so services finish their batch and commit; returns a restorer."""
+    import signal
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handler(signum, frame):
+        log_event(log, "stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, _handler)
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]

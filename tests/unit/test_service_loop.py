@@ -1,0 +1,123 @@
+"""The service loop's delivery logic, with in-memory consumer/producer doubles (unit test of the
+logic around Kafka; the real-broker behaviour is covered by the integration tests)."""
+
+from collections import namedtuple
+
+from llm_auction.consumers.service import Item, Outcome, Output, ServiceConfig, StreamService
+from llm_auction.schemas import ClickEvent, DeadLetter, decode, encode
+from llm_auction.schemas.topics import CLICKS, DEAD_LETTER
+
+Rec = namedtuple("Rec", "topic partition offset key value")
+
+
+class FakeConsumer:
+    def __init__(self, records):
+        self.records = list(records)
+        self.commits = 0
+        self.closed = False
+        self.events = []
+
+    def subscribe(self, topics):
+        self.topics = topics
+
+    def poll(self, timeout_ms, max_records):
+        batch, self.records = self.records[:max_records], self.records[max_records:]
+        return {"tp": batch} if batch else {}
+
+    def commit(self):
+        self.commits += 1
+        self.events.append("commit")
+
+    def close(self):
+        self.closed = True
+
+
+class FakeProducer:
+    def __init__(self, log):
+        self.sent = []
+        self.log = log
+
+    def send(self, topic, key, value):
+        self.sent.append((topic, key, value))
+
+    def flush(self):
+        self.log.append("flush")
+
+
+def click(i, bid=10):
+    return ClickEvent(query_id=f"q{i}", ad_id="Ad-1234", clicked=bool(i % 2), policy_version="v0", user_id="u", bid=bid)
+
+
+class Echo:
+    """Re-emits each click; rejects bid 13; explodes on bid 66 (to exercise per-item retry)."""
+
+    def handle(self, items):
+        if any(it.event.bid == 66 for it in items):
+            raise RuntimeError("boom")
+        out = Outcome()
+        for it in items:
+            if it.event.bid == 13:
+                out.rejected.append((it, "unlucky bid"))
+            else:
+                out.outputs.append(Output(CLICKS, it.event.query_id, it.event))
+        return out
+
+
+def _service(records, **cfg):
+    consumer = FakeConsumer(records)
+    producer = FakeProducer(consumer.events)
+    svc = StreamService(ServiceConfig("t", "g", {"in": ClickEvent}, **cfg), Echo(), consumer, producer)
+    return svc, consumer, producer
+
+
+def _rec(i, value):
+    return Rec("in", 0, i, f"q{i}".encode(), value)
+
+
+def test_outputs_flushed_before_commit_and_everything_counted():
+    payloads = [encode(click(i)) for i in range(10)]
+    recs = [_rec(i, p) for i, p in enumerate(payloads)]
+    svc, consumer, producer = _service(recs, batch_size=4, batch_max_wait_s=0)
+    stats = svc.run(max_messages=10)
+    assert [d for _, _, d in producer.sent] == payloads
+    assert stats["consumed"] == 10 and stats["produced"] == 10 and stats["batches"] == 3
+    # every commit is preceded by a flush of that batch's outputs
+    assert consumer.events == ["flush", "commit"] * 3 and consumer.closed
+
+
+def test_poison_and_rejected_go_to_dead_letter_and_the_rest_flows():
+    recs = [_rec(0, b"{not json"), _rec(1, encode(click(1))), _rec(2, encode(click(2, bid=13))), _rec(3, b'{"query_id": 5}')]
+    svc, consumer, producer = _service(recs, batch_size=10, batch_max_wait_s=0)
+    stats = svc.run(max_messages=4)
+    dead = [decode(v, DeadLetter) for t, _, v in producer.sent if t == DEAD_LETTER]
+    good = [decode(v, ClickEvent) for t, _, v in producer.sent if t == CLICKS]
+    assert [g.query_id for g in good] == ["q1"]
+    assert sorted(d.offset for d in dead) == [0, 2, 3]
+    reasons = {d.offset: d.error for d in dead}
+    assert "not JSON" in reasons[0] and reasons[2] == "unlucky bid" and "ClickEvent" in reasons[3]
+    assert all(d.source_topic == "in" and d.consumer == "t" for d in dead)
+    assert stats["dead_lettered"] == 3 and consumer.commits == 1
+
+
+def test_a_batch_that_raises_is_retried_item_by_item():
+    recs = [_rec(i, encode(click(i, bid=66 if i == 1 else 10))) for i in range(3)]
+    svc, _, producer = _service(recs, batch_size=3, batch_max_wait_s=0)
+    svc.run(max_messages=3)
+    assert [decode(v, ClickEvent).query_id for t, _, v in producer.sent if t == CLICKS] == ["q0", "q2"]
+    (dead,) = [decode(v, DeadLetter) for t, _, v in producer.sent if t == DEAD_LETTER]
+    assert dead.offset == 1 and "RuntimeError: boom" in dead.error
+
+
+def test_stop_finishes_the_pending_batch():
+    recs = [_rec(i, encode(click(i))) for i in range(3)]
+    svc, consumer, producer = _service(recs, batch_size=100, batch_max_wait_s=60)
+    orig = consumer.poll
+
+    def poll_then_stop(**kw):
+        got = orig(**kw)
+        svc.stop.set()
+        return got
+
+    consumer.poll = poll_then_stop
+    stats = svc.run()
+    assert stats["consumed"] == 3 and len(producer.sent) == 3 and consumer.commits == 1 and consumer.closed
