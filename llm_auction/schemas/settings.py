@@ -35,6 +35,17 @@ class Settings(BaseSettings):
 
     clickhouse_url: str | None = Field(None, description="`chdb:///abs/path` (embedded, in-process) or `http(s)://user:pass@host:port/db` (server). Unset: `chdb://<data_dir>/clickhouse`.")
 
+    # -- streaming services (responder, user simulator, sink) --
+    adllm_backend: Literal["transformers", "vllm", "stored"] = Field("transformers", description="Ad-LLM backend: `transformers` (CPU/GPU), `vllm` (GPU), `stored` (a fixed answer; plumbing benchmarks).")
+    adllm_model: Path | None = Field(None, description="Ad-LLM model folder. Unset: `<data_dir>/models/smollm2` (prepared on first use).")
+    adllm_batch_size: int = Field(8, ge=1, description="Queries per generation batch in the responder.")
+    adllm_max_new_tokens: int = Field(128, ge=8, description="Tokens generated per answer.")
+    candidates_k: int | None = Field(8, ge=1, description="Candidate ads shown to the Ad-LLM per query (top K by relevance); unset: all 100 (GPU).")
+    policy_version: str = Field("base", description="Policy version a responder serves until a rollout says otherwise.")
+    user_sim_backend: Literal["embedding", "llm"] = Field("embedding", description="User simulator: `embedding` (calibrated click model, CPU) or `llm` (User-LLM prompt).")
+    sink_batch_size: int = Field(2000, ge=1, description="Max events per ClickHouse insert in the sink.")
+    sink_batch_max_wait_s: float = Field(1.0, gt=0, description="Max seconds an event waits in the sink before its batch is inserted.")
+
     def resolved_clickhouse_url(self) -> str:
         if self.clickhouse_url:
             return self.clickhouse_url
