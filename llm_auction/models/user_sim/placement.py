@@ -1,0 +1,123 @@
+"""Where each ad marker sits in an answer: the text-only half of the nativeness and flooding criteria.
+
+The paper's User-LLM is told that a hard ad, one that breaks the answer's flow or is tacked on,
+is not clicked, and that an answer flooded with ads or with text about the ad insertion itself
+is not clicked at all. This module reads those facts off the marker positions that
+``auction.parse_ads`` reports, with no model: what the embedding click model then scores.
+
+- ``window``: the text around the marker within its line (markers removed), what the ad has to
+  fit semantically; a marker alone on its line borrows the line before.
+- ``detached``: the marker is a sentence of its own (``... beverage. [@Tea@[Ad-1]](#).``).
+- ``trailing``: the marker opens the last paragraph after the answer is essentially over
+  (paper Table 4, pre-trained: the shoes appended below the conclusion).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llm_auction.auction import parse_ads
+
+_WORD = re.compile(r"[A-Za-z0-9\u4e00-\u9fff]+")
+_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f](?=\s|$)")
+_BULLET = re.compile(r"^[\s\-*\u2022>#]*(?:\d+[.)]\s*)?")
+# Text about the insertion itself (instructions leaking into the answer), not about the product.
+_LEAK = re.compile(
+    r"\b(?:ads?|advert\w*|sponsor\w*|bids?|bidding|insert(?:ed|ing|ion)?|ad[ _-]?ids?|candidate ads?)\b", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One exposed ad's position in the answer."""
+
+    ad_id: str
+    window: str
+    detached: bool
+    trailing: bool
+    found: bool
+    position: float  # share of the answer's non-marker text that comes before the marker
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The whole answer as the user sees it."""
+
+    placements: dict[str, Placement]
+    n_words: int  # words outside ad markers
+    ad_char_share: float  # share of characters inside ad markers
+    leak_share: float  # share of non-marker text in sentences about the insertion itself
+    n_mentions: int  # markers and marker attempts, well-formed or not
+
+
+def _mask(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    chars = list(text)
+    for s, e in spans:
+        chars[s:e] = " " * (e - s)
+    return "".join(chars)
+
+
+def _squash(s: str) -> str:
+    return " ".join(s.split())
+
+
+def _sentence_bounds(masked: str, ls: int, le: int, s: int, e: int) -> tuple[int, int]:
+    start = ls
+    for m in _SENTENCE_END.finditer(masked, ls, s):
+        start = m.end()
+    m = _SENTENCE_END.search(masked, e, le)
+    return start, (m.end() if m else le)
+
+
+def analyze(text: str, exposed_ids: Sequence[str], window_chars: int = 240, trailing_min_position: float = 0.75) -> Layout:
+    """Placement of every exposed ad (first well-formed marker naming it) and the answer's ad load."""
+    mentions = parse_ads(text)
+    spans = [(m.start, m.end) for m in mentions]
+    masked = _mask(text, spans)
+    marker_chars = sum(e - s for s, e in spans)
+
+    def plain_len(a: int, b: int) -> int:
+        return len(_squash(masked[a:b]))
+
+    all_plain = max(1, plain_len(0, len(masked)))
+    placements: dict[str, Placement] = {}
+    for ad_id in exposed_ids:
+        m = next((x for x in mentions if x.well_formed and x.ad_id == ad_id), None)
+        if m is None:
+            placements[ad_id] = Placement(ad_id, _squash(masked)[: 2 * window_chars], False, False, False, 0.5)
+            continue
+        ls = masked.rfind("\n", 0, m.start) + 1
+        le = masked.find("\n", m.end)
+        le = len(masked) if le < 0 else le
+        window = _squash(masked[max(ls, m.start - window_chars) : m.start] + " " + masked[m.end : min(le, m.end + window_chars)])
+        if len(_WORD.findall(window)) < 5 and ls > 0:
+            prev_end = ls - 1
+            prev_start = masked.rfind("\n", 0, max(0, prev_end - 1)) + 1
+            while prev_start > 0 and not _WORD.search(masked[prev_start:prev_end]):
+                prev_end = prev_start - 1
+                prev_start = masked.rfind("\n", 0, max(0, prev_end - 1)) + 1
+            window = _squash(masked[max(prev_start, prev_end - window_chars) : prev_end] + " " + window)
+        ss, se = _sentence_bounds(masked, ls, le, m.start, m.end)
+        detached = len(_WORD.findall(masked[ss:se])) == 0
+        before = plain_len(0, m.start) / all_plain
+        line_prefix = _BULLET.sub("", masked[ls : m.start])
+        is_last_line = not _WORD.search(masked[le:])  # only markers (or nothing) follow this line
+        trailing = (
+            is_last_line
+            and not line_prefix.strip()
+            and plain_len(0, ls) / all_plain >= trailing_min_position
+        )
+        placements[ad_id] = Placement(ad_id, window, detached, trailing, True, before)
+
+    plain_text = _squash(masked)
+    sentences = [s for s in re.split(r"(?<=[.!?\n])\s+", plain_text) if s.strip()]
+    leak_chars = sum(len(s) for s in sentences if _LEAK.search(s))
+    return Layout(
+        placements=placements,
+        n_words=len(_WORD.findall(masked)),
+        ad_char_share=marker_chars / max(1, len(text.strip())),
+        leak_share=leak_chars / max(1, len(plain_text)),
+        n_mentions=len(mentions),
+    )
