@@ -1,0 +1,311 @@
+"""Typed warehouse I/O: events in as columnar batches, metrics and training rows out.
+
+Inserts turn a list of pydantic events into one Arrow table per call (chunked at
+``CHUNK_ROWS``) and send it with ``insert_arrow``: one part per chunk instead of one per row,
+which is what keeps ClickHouse fast (DESIGN.md: about 1M rows/s batched; row-at-a-time inserts
+bloat parts). Inserting the same events again is harmless: the tables deduplicate by event id and
+every read below counts deduplicated rows (see :mod:`llm_auction.infra.ddl`).
+
+Reads select from the views of migration 0003 with bound parameters only (``parameters=``);
+no SQL is ever built from event data.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from operator import attrgetter
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from llm_auction.infra.clickhouse import describe_error
+from llm_auction.infra.ddl import DATABASE
+from llm_auction.logs import log_event
+from llm_auction.schemas.events import ClickEvent, QueryEvent, ResponseEvent
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("llm_auction.infra.warehouse")
+
+CHUNK_ROWS = 1_000_000
+_TS = pa.timestamp("ms", tz="UTC")
+_STRS = pa.list_(pa.string())
+
+QUERIES_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", _TS),
+        ("query_id", pa.string()),
+        ("user_id", pa.string()),
+        ("query", pa.string()),
+        ("split", pa.string()),
+        ("n_candidates", pa.uint16()),
+        ("bids", pa.map_(pa.string(), pa.uint8())),
+    ]
+)
+RESPONSES_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", _TS),
+        ("query_id", pa.string()),
+        ("policy_version", pa.string()),
+        ("user_id", pa.string()),
+        ("query", pa.string()),
+        ("text", pa.string()),
+        ("exposed_ad_ids", _STRS),
+        ("n_ads", pa.uint16()),
+        ("format_error", pa.uint8()),
+        ("format_reasons", _STRS),
+        ("shown_ad_ids", _STRS),
+        ("latency_ms", pa.float64()),
+    ]
+)
+CLICKS_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", _TS),
+        ("query_id", pa.string()),
+        ("ad_id", pa.string()),
+        ("clicked", pa.uint8()),
+        ("reason", pa.string()),
+        ("policy_version", pa.string()),
+        ("user_id", pa.string()),
+        ("bid", pa.uint8()),
+        ("click_probability", pa.float64()),
+    ]
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# events -> Arrow
+#
+# One C-level pass per event (operator.attrgetter) pulls every field at once, then each column is
+# converted by pyarrow. A pass per column would touch every event once per column, and on a large
+# batch each touch is a cache miss. The cyclic GC is paused while the batch's tuples are built:
+# allocating a million tuples would otherwise trigger full collections over the whole heap.
+
+
+@contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _columns(events: Sequence, paths: tuple[str, ...]) -> list[tuple]:
+    if not events:
+        return [() for _ in paths]
+    with _gc_paused():
+        return list(zip(*map(attrgetter(*paths), events)))
+
+
+def _ts(values) -> pa.Array:
+    # Event ts are aware UTC (schemas.events); the column keeps milliseconds (truncated).
+    return pa.array(values, pa.timestamp("us", tz="UTC")).cast(_TS, safe=False)
+
+
+def _flag(values) -> pa.Array:
+    return pa.array(values, pa.bool_()).cast(pa.uint8())
+
+
+def _table(schema: pa.Schema, arrays: list) -> pa.Table:
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def queries_table(events: Sequence[QueryEvent]) -> pa.Table:
+    eid, ts, qid, uid, query, split, cands = _columns(events, ("event_id", "ts", "query_id", "user.user_id", "query", "split", "candidates"))
+    return _table(
+        QUERIES_SCHEMA,
+        [
+            pa.array(eid, pa.string()),
+            _ts(ts),
+            pa.array(qid, pa.string()),
+            pa.array(uid, pa.string()),
+            pa.array(query, pa.string()),
+            pa.array(split, pa.string()),
+            pa.array([len(c) for c in cands], pa.uint16()),
+            pa.array([[(a.ad_id, a.bid) for a in c] for c in cands], QUERIES_SCHEMA.field("bids").type),
+        ],
+    )
+
+
+_RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "query.user.user_id", "query.query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")
+
+
+def responses_table(events: Sequence[ResponseEvent]) -> pa.Table:
+    eid, ts, qid, ver, uid, query, text, exposed, n_ads, ferr, reasons, shown, latency = _columns(events, _RESPONSE_PATHS)
+    return _table(
+        RESPONSES_SCHEMA,
+        [
+            pa.array(eid, pa.string()),
+            _ts(ts),
+            pa.array(qid, pa.string()),
+            pa.array(ver, pa.string()),
+            pa.array(uid, pa.string()),
+            pa.array(query, pa.string()),
+            pa.array(text, pa.string()),
+            pa.array(exposed, _STRS),
+            pa.array(n_ads, pa.uint16()),
+            _flag(ferr),
+            pa.array(reasons, _STRS),
+            pa.array(shown, _STRS),
+            pa.array(latency, pa.float64()),
+        ],
+    )
+
+
+_CLICK_PATHS = ("event_id", "ts", "query_id", "ad_id", "clicked", "reason", "policy_version", "user_id", "bid", "click_probability")
+
+
+def clicks_table(events: Sequence[ClickEvent]) -> pa.Table:
+    eid, ts, qid, ad, clicked, reason, ver, uid, bid, prob = _columns(events, _CLICK_PATHS)
+    return _table(
+        CLICKS_SCHEMA,
+        [
+            pa.array(eid, pa.string()),
+            _ts(ts),
+            pa.array(qid, pa.string()),
+            pa.array(ad, pa.string()),
+            _flag(clicked),
+            pa.array(reason, pa.string()),
+            pa.array(ver, pa.string()),
+            pa.array(uid, pa.string()),
+            pa.array(bid, pa.uint8()),
+            pa.array(prob, pa.float64()),
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# inserts
+
+
+def insert_arrow(client, table: str, data: pa.Table) -> int:
+    """Insert an Arrow table whose columns match ``llm_auction.<table>``; returns the row count."""
+    if data.num_rows == 0:
+        return 0
+    t0 = time.perf_counter()
+    try:
+        client.insert_arrow(table, data, database=DATABASE)
+    except Exception as e:  # noqa: BLE001 - driver errors become one line
+        raise describe_error(e, f"insert {data.num_rows} rows into {DATABASE}.{table}") from None
+    log_event(log, "warehouse insert", level=logging.DEBUG, table=table, rows=data.num_rows, ms=round((time.perf_counter() - t0) * 1000, 1))
+    return data.num_rows
+
+
+def _insert(client, table: str, events: Iterable, build) -> int:
+    events = events if isinstance(events, Sequence) else list(events)
+    n = 0
+    for start in range(0, len(events), CHUNK_ROWS):
+        n += insert_arrow(client, table, build(events[start : start + CHUNK_ROWS]))
+    return n
+
+
+def insert_queries(client, events: Iterable[QueryEvent]) -> int:
+    """Insert query events (bids as a Map ad_id -> bid); returns the number of rows sent."""
+    return _insert(client, "queries", events, queries_table)
+
+
+def insert_responses(client, events: Iterable[ResponseEvent]) -> int:
+    """Insert response events (user and question taken from the embedded query); returns rows sent."""
+    return _insert(client, "responses", events, responses_table)
+
+
+def insert_clicks(client, events: Iterable[ClickEvent]) -> int:
+    """Insert click events (one per exposed ad, clicked or not); returns rows sent."""
+    return _insert(client, "clicks", events, clicks_table)
+
+
+# ---------------------------------------------------------------------------------------------
+# reads
+
+
+def _utc(dt: datetime) -> datetime:
+    """Bind datetimes as aware UTC (a naive one is taken to be UTC already)."""
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _rows(client, sql: str, doing: str, parameters: dict | None = None) -> list[dict]:
+    try:
+        return list(client.query(sql, parameters=parameters or {}, tz_mode="aware").named_results())
+    except Exception as e:  # noqa: BLE001
+        raise describe_error(e, doing) from None
+
+
+def revenue_by_policy(client) -> list[dict]:
+    """One dict per policy version: queries, exposures, clicks, revenue, revenue_per_query,
+    ads_per_answer, format_error_rate, ctr (a ratio over zero is None)."""
+    return _rows(client, f"SELECT * FROM {DATABASE}.revenue_by_policy ORDER BY policy_version", "read revenue_by_policy")
+
+
+def revenue_per_minute(client, since: datetime | None = None) -> list[dict]:
+    """One dict per (minute, policy version), oldest first; ``since`` keeps minutes from the one
+    holding it onwards. ``minute`` is an aware UTC datetime."""
+    where, params = "", {}
+    if since is not None:
+        where, params = "WHERE minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})", {"since": _utc(since)}
+    rows = _rows(client, f"SELECT * FROM {DATABASE}.revenue_per_minute {where} ORDER BY minute, policy_version", "read revenue_per_minute", params)
+    for r in rows:
+        r["minute"] = _utc(r["minute"])
+    return rows
+
+
+def totals(client) -> dict:
+    """Deduplicated totals: queries, responses, click_events (decisions), clicks (clicked), revenue."""
+    sql = f"""
+        SELECT
+            (SELECT count() FROM {DATABASE}.queries FINAL) AS queries,
+            (SELECT count() FROM {DATABASE}.responses FINAL) AS responses,
+            c.click_events AS click_events,
+            c.clicks AS clicks,
+            c.revenue AS revenue
+        FROM (SELECT count() AS click_events, sum(clicked) AS clicks, sum(bid * clicked) AS revenue FROM {DATABASE}.clicks FINAL) AS c
+    """
+    row = _rows(client, sql, "read warehouse totals")[0]
+    return {k: int(v) for k, v in row.items()}
+
+
+def impressions(client, since: datetime | None = None, limit: int | None = None) -> "pd.DataFrame":
+    """Labeled impressions for pCTR training, oldest first: query_id, ts, policy_version, user_id,
+    query, text, ad_id, bid, clicked. ``since`` filters on the answer's ts; ``limit`` caps rows."""
+    clauses, params = [], {}
+    if since is not None:
+        clauses.append("WHERE ts >= {since:DateTime64(3, 'UTC')}")
+        params["since"] = _utc(since)
+    clauses.append("ORDER BY ts, query_id, ad_id")
+    if limit is not None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        clauses.append("LIMIT {limit:UInt64}")
+        params["limit"] = int(limit)
+    sql = f"SELECT * FROM {DATABASE}.impressions " + " ".join(clauses)
+    try:
+        return client.query_df(sql, parameters=params, tz_mode="aware")
+    except Exception as e:  # noqa: BLE001
+        raise describe_error(e, "read impressions") from None
+
+
+def table_counts(client) -> dict[str, dict[str, int]]:
+    """Per event table: rows stored (duplicates included until merged), rows after dedup, active parts."""
+    out = {}
+    for table in ("queries", "responses", "clicks"):
+        row = _rows(
+            client,
+            f"""SELECT (SELECT count() FROM {DATABASE}.{table}) AS stored,
+                       (SELECT count() FROM {DATABASE}.{table} FINAL) AS rows,
+                       (SELECT count() FROM system.parts WHERE database = {{db:String}} AND table = {{t:String}} AND active) AS parts""",
+            f"count rows of {DATABASE}.{table}",
+            {"db": DATABASE, "t": table},
+        )[0]
+        out[table] = {k: int(v) for k, v in row.items()}
+    return out

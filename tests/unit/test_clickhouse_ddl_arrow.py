@@ -1,0 +1,84 @@
+"""The shipped migrations and the events -> Arrow conversion, checked without an engine."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+
+from llm_auction.infra import warehouse
+from llm_auction.infra.ddl import migrations
+from llm_auction.schemas.events import CandidateAd, ClickEvent, QueryEvent, ResponseEvent, UserProfile
+
+T = datetime(2026, 3, 1, 12, 0, 0, 123987, tzinfo=timezone.utc)
+
+
+def test_migrations_are_versioned_in_order_and_split_into_statements():
+    ms = migrations()
+    assert [m.name for m in ms] == ["0001_database", "0002_event_tables", "0003_views"]
+    assert [m.version for m in ms] == [1, 2, 3]
+    assert [len(m.statements()) for m in ms] == [2, 3, 3]
+    first = ms[0].statements()
+    assert first[0] == "CREATE DATABASE IF NOT EXISTS llm_auction"
+    for m in ms:
+        for stmt in m.statements():
+            assert "llm_auction." in stmt or stmt.startswith("CREATE DATABASE")
+            assert not stmt.rstrip().endswith(";")
+    assert len({m.checksum for m in ms}) == 3
+
+
+def _query() -> QueryEvent:
+    user = UserProfile(user_id="u7", info="likes tea", interests=["tea"])
+    cands = [CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=42), CandidateAd(ad_id="Ad-0002", title="Mug", category="home", bid=7)]
+    return QueryEvent(event_id="q-ev", query_id="q1", user=user, query="which tea?", candidates=cands, split="test", ts=T)
+
+
+def test_queries_table_keeps_bids_as_a_map():
+    t = warehouse.queries_table([_query()])
+    assert t.schema == warehouse.QUERIES_SCHEMA
+    row = t.to_pylist()[0]
+    assert row == {
+        "event_id": "q-ev",
+        "ts": datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=timezone.utc),
+        "query_id": "q1",
+        "user_id": "u7",
+        "query": "which tea?",
+        "split": "test",
+        "n_candidates": 2,
+        "bids": [("Ad-0001", 42), ("Ad-0002", 7)],
+    }
+
+
+def test_responses_table_flattens_the_embedded_query():
+    q = _query()
+    r = ResponseEvent(
+        event_id="r-ev", query_id="q1", policy_version="v3", query=q, text="try @Green Tea@[Ad-0001]", exposed_ad_ids=["Ad-0001"], n_ads=1,
+        format_error=True, format_reasons=["unknown id Ad-0009"], shown_ad_ids=["Ad-0001"], latency_ms=12.5, ts=T + timedelta(hours=1, minutes=30),
+    )
+    row = warehouse.responses_table([r]).to_pylist()[0]
+    assert row == {
+        "event_id": "r-ev", "ts": datetime(2026, 3, 1, 13, 30, 0, 123000, tzinfo=timezone.utc), "query_id": "q1", "policy_version": "v3",
+        "user_id": "u7", "query": "which tea?", "text": "try @Green Tea@[Ad-0001]", "exposed_ad_ids": ["Ad-0001"], "n_ads": 1,
+        "format_error": 1, "format_reasons": ["unknown id Ad-0009"], "shown_ad_ids": ["Ad-0001"], "latency_ms": 12.5,
+    }
+
+
+def test_clicks_table_columns_types_and_nulls():
+    # a non-UTC aware ts is stored as the same instant in UTC, truncated to milliseconds
+    other_tz = timezone(timedelta(hours=-5))
+    events = [
+        ClickEvent(event_id="c1", query_id="q1", ad_id="Ad-0001", clicked=True, reason="relevant", policy_version="v3", user_id="u7", bid=42, click_probability=0.25, ts=T),
+        ClickEvent(event_id="c2", query_id="q1", ad_id="Ad-0002", clicked=False, policy_version="v3", user_id="u7", bid=7, ts=datetime(2026, 3, 1, 7, 0, 0, 999999, tzinfo=other_tz)),
+    ]
+    t = warehouse.clicks_table(events)
+    assert t.schema == warehouse.CLICKS_SCHEMA
+    assert t.column("clicked").to_pylist() == [1, 0]
+    assert t.column("bid").type == pa.uint8() and t.column("bid").to_pylist() == [42, 7]
+    assert t.column("click_probability").to_pylist() == [0.25, None]
+    assert t.column("ts").to_pylist() == [datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=timezone.utc), datetime(2026, 3, 1, 12, 0, 0, 999000, tzinfo=timezone.utc)]
+
+
+def test_empty_batches_build_empty_tables():
+    assert warehouse.clicks_table([]).num_rows == 0
+    assert warehouse.responses_table([]).num_rows == 0
+    assert warehouse.queries_table([]).num_rows == 0
