@@ -1,0 +1,152 @@
+"""The versioned model registry: monotonic versions, atomic publish, dedup by content + window."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import pytest
+
+from llm_auction.schemas import PctrVersion, PolicyVersion, decode, encode
+from llm_auction.trainer.registry import ModelRegistry, sha256_file
+
+WINDOW = {"rows": 100, "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T01:00:00+00:00"}
+
+
+def artifact(tmp_path, name: str, content: bytes):
+    d = tmp_path / f"src-{hashlib.md5(content).hexdigest()[:8]}"
+    d.mkdir(exist_ok=True)
+    (d / "model.onnx").write_bytes(content)
+    (d / "model.json").write_text(json.dumps({"name": name}))
+    return d
+
+
+def test_versions_are_monotonic_and_manifest_hashes_the_file(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg", "pctr")
+    assert reg.list() == [] and reg.latest() is None
+    published = []
+    for i in range(3):
+        src = artifact(tmp_path, f"m{i}", f"weights {i}".encode())
+        published.append(reg.publish(src, metrics={"auc": 0.7 + i / 100}, parent=published[-1].version if published else None, data_window={**WINDOW, "rows": i}))
+    assert [m.version for m in published] == ["pctr-0001", "pctr-0002", "pctr-0003"]
+    assert [m.parent for m in published] == [None, "pctr-0001", "pctr-0002"]
+    m = reg.get("pctr-0002")
+    on_disk = json.loads((tmp_path / "reg" / "pctr" / "pctr-0002" / "manifest.json").read_text())
+    assert on_disk["sha256"] == hashlib.sha256(b"weights 1").hexdigest() == sha256_file(m.artifact_path) == m.sha256
+    assert on_disk["artifact"] == "model.onnx" and on_disk["files"] == ["model.json", "model.onnx"]
+    assert on_disk["metrics"] == {"auc": 0.71} and on_disk["data_window"]["rows"] == 1 and on_disk["promoted"] is True
+    assert (m.path / "model.json").exists()
+    assert [x.version for x in reg.list()] == ["pctr-0001", "pctr-0002", "pctr-0003"]
+    # a version removed by hand never gets its number reused: numbers only go up
+    import shutil
+
+    shutil.rmtree(m.path)
+    assert reg.publish(artifact(tmp_path, "m9", b"weights 9"), data_window=WINDOW).version == "pctr-0004"
+
+
+def test_same_content_and_window_returns_the_existing_version(tmp_path):
+    reg = ModelRegistry(tmp_path, "pctr")
+    first = reg.publish(artifact(tmp_path, "a", b"same bytes"), metrics={"auc": 0.7}, data_window=WINDOW)
+    again = reg.publish(artifact(tmp_path, "b", b"same bytes"), metrics={"auc": 0.7}, data_window=dict(WINDOW))
+    assert again.version == first.version and len(reg.list()) == 1
+    # same bytes on another data window, or other bytes on the same window: new versions
+    assert reg.publish(artifact(tmp_path, "a", b"same bytes"), data_window={**WINDOW, "rows": 101}).version == "pctr-0002"
+    assert reg.publish(artifact(tmp_path, "c", b"other bytes"), data_window=WINDOW).version == "pctr-0003"
+
+
+def test_latest_respects_promoted_only_and_set_promoted(tmp_path):
+    reg = ModelRegistry(tmp_path, "pctr")
+    a = reg.publish(artifact(tmp_path, "a", b"a"), promoted=True)
+    b = reg.publish(artifact(tmp_path, "b", b"b"), promoted=False)
+    assert reg.latest().version == a.version
+    assert reg.latest(promoted_only=False).version == b.version
+    reg.set_promoted(b.version, True)
+    assert reg.latest().version == b.version
+    reg.set_promoted(b.version, False)
+    reg.set_promoted(a.version, False)
+    assert reg.latest() is None
+
+
+def test_failed_publish_leaves_nothing_and_bad_names_raise(tmp_path):
+    reg = ModelRegistry(tmp_path, "pctr")
+    with pytest.raises(FileNotFoundError):
+        reg.publish({"model.onnx": tmp_path / "missing.onnx"})
+    with pytest.raises(ValueError):
+        reg.publish(artifact(tmp_path, "a", b"a"), main="nope.bin")
+    with pytest.raises(FileNotFoundError):
+        reg.get("pctr-0042")
+    with pytest.raises(ValueError):
+        reg.get("policy-0001")
+    with pytest.raises(ValueError):
+        ModelRegistry(tmp_path, "embeddings")  # type: ignore[arg-type]
+    assert reg.list() == []
+    left = list((tmp_path / "pctr").iterdir()) if (tmp_path / "pctr").exists() else []
+    assert [p.name for p in left if p.name != ".lock"] == []
+
+
+def test_concurrent_publishers_get_distinct_increasing_versions(tmp_path):
+    reg = ModelRegistry(tmp_path, "pctr")
+    srcs = [artifact(tmp_path, f"m{i}", f"w{i}".encode()) for i in range(8)]
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def pub(src):
+        v = ModelRegistry(tmp_path, "pctr").publish(src).version
+        with lock:
+            got.append(v)
+
+    threads = [threading.Thread(target=pub, args=(s,)) for s in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [f"pctr-{i:04d}" for i in range(1, 9)]
+    assert [p.name for p in (tmp_path / "pctr").iterdir() if p.name.startswith(".tmp")] == []
+    assert len({m.sha256 for m in reg.list()}) == 8
+
+
+def test_to_event_builds_the_wire_events(tmp_path):
+    reg = ModelRegistry(tmp_path, "pctr")
+    m = reg.publish(artifact(tmp_path, "a", b"onnx"), metrics={"auc": 0.75, "note": "text is dropped", "bad": float("nan")}, n_train=1234, data_window=WINDOW)
+    ev = m.to_event()
+    assert isinstance(ev, PctrVersion)
+    assert ev.version == "pctr-0001" and ev.sha256 == hashlib.sha256(b"onnx").hexdigest() and ev.n_train == 1234
+    assert ev.metrics == {"auc": 0.75} and ev.promoted is True
+    assert ev.onnx_uri.startswith("file://") and ev.onnx_uri.endswith("/pctr/pctr-0001/model.onnx")
+    assert decode(encode(ev), PctrVersion) == ev
+    # announcing the same version twice gives the same event id (consumers dedup on it)
+    assert reg.get("pctr-0001").to_event().event_id == ev.event_id
+    assert reg.set_promoted("pctr-0001", False).to_event().event_id != ev.event_id
+
+    pol = ModelRegistry(tmp_path, "policy")
+    d = tmp_path / "policy-src"
+    (d / "adapter").mkdir(parents=True)
+    (d / "adapter" / "weights.safetensors").write_bytes(b"lora")
+    (d / "config.json").write_text("{}")
+    pm = pol.publish(d, main="adapter/weights.safetensors", extra={"policy_kind": "lora", "base_model": "smollm2"})
+    assert pm.version == "policy-0001" and (pm.path / "adapter" / "weights.safetensors").read_bytes() == b"lora"
+    pev = pm.to_event()
+    assert isinstance(pev, PolicyVersion) and pev.kind == "lora" and pev.base_model == "smollm2" and pev.uri.endswith("/policy/policy-0001")
+
+
+def test_a_crash_while_copying_publishes_nothing(tmp_path, monkeypatch):
+    import llm_auction.trainer.registry as registry_mod
+
+    reg = ModelRegistry(tmp_path, "pctr")
+    real_copy = registry_mod.shutil.copyfile
+    calls = {"n": 0}
+
+    def flaky(src, dst, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real_copy(src, dst, *a, **kw)
+
+    monkeypatch.setattr(registry_mod.shutil, "copyfile", flaky)
+    with pytest.raises(OSError):
+        reg.publish(artifact(tmp_path, "a", b"a"))
+    assert reg.list() == [] and reg.latest(promoted_only=False) is None
+    assert [p.name for p in (tmp_path / "pctr").iterdir() if p.name != ".lock"] == []
+    monkeypatch.setattr(registry_mod.shutil, "copyfile", real_copy)
+    assert reg.publish(artifact(tmp_path, "a", b"a")).version == "pctr-0001"
