@@ -14,3 +14,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [p for p in ("fixtures_kafka", "fixtures_clickhouse") if os.path.exists(os.path.join(os.path.dirname(__file__), p + ".py"))]
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    """One MiniLM encoder for the whole session (loading it costs seconds; its cache is shared)."""
+    from llm_auction.models.encoder import TextEncoder
+
+    return TextEncoder()
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A 40-user world (200 queries, 40 test) generated once per session."""
+    from llm_auction.producers.world import World, WorldSpec, generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, WorldSpec(seed=5, n_users=40, queries_per_user=5, n_test=40), progress=False)
+    return World(root)

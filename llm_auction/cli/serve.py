@@ -1,0 +1,149 @@
+"""``llm-auction serve SERVICE`` and ``llm-auction replay``: the pipeline's processes.
+
+Each service is one long-running process against ``LLMA_KAFKA_BOOTSTRAP`` (start a local broker
+with ``llm-auction broker``); SIGTERM/SIGINT finish the current batch, commit and exit 0. For a
+one-process run of the whole loop on embedded defaults, use ``llm-auction demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run one streaming service (responder, user-sim, sink) against LLMA_KAFKA_BOOTSTRAP",
+        description="Run one service of the loop until SIGTERM/SIGINT (finishes its batch and commits first).",
+    )
+    ss = p.add_subparsers(dest="service", metavar="SERVICE", required=True)
+
+    r = ss.add_parser("responder", help="queries -> Ad-LLM answers with validated allocations (auction.responses)")
+    r.add_argument("--backend", choices=["transformers", "vllm", "stored"], help="Ad-LLM backend (default: LLMA_ADLLM_BACKEND)")
+    r.add_argument("--model", type=Path, help="model folder (default: LLMA_ADLLM_MODEL or <data_dir>/models/smollm2)")
+    r.add_argument("--batch-size", type=int, help="queries per generation batch (default: LLMA_ADLLM_BATCH_SIZE)")
+    r.add_argument("--candidates", type=int, help="candidate ads shown per query, top K by relevance (default: LLMA_CANDIDATES_K; 0 = all)")
+    r.add_argument("--policy-version", help="policy version to serve (default: LLMA_POLICY_VERSION)")
+    _limits(r)
+    r.set_defaults(handler=_serve, service_name="responder")
+
+    u = ss.add_parser("user-sim", help="responses -> one click decision per exposed ad (auction.clicks)")
+    u.add_argument("--backend", choices=["embedding", "llm"], help="user simulator (default: LLMA_USER_SIM_BACKEND)")
+    _limits(u)
+    u.set_defaults(handler=_serve, service_name="user-sim")
+
+    k = ss.add_parser("sink", help="queries, responses and clicks -> ClickHouse (LLMA_CLICKHOUSE_URL), batched")
+    k.add_argument("--batch-size", type=int, help="max events per insert (default: LLMA_SINK_BATCH_SIZE)")
+    k.add_argument("--max-wait", type=float, help="max seconds before a partial batch is inserted (default: LLMA_SINK_BATCH_MAX_WAIT_S)")
+    _limits(k)
+    k.set_defaults(handler=_serve, service_name="sink")
+
+    p = sub.add_parser(
+        "replay",
+        help="stream the world's queries with fresh bids onto auction.queries",
+        description="Replay test (or train) queries from the world folder, with freshly drawn bids, at a target rate or as fast as possible.",
+    )
+    p.add_argument("--world", type=Path, help="world folder (default: <data_dir>/world; generated if missing)")
+    p.add_argument("--split", choices=["test", "train", "all"], default="test", help="which queries (default test)")
+    p.add_argument("--limit", type=int, help="stop after this many queries")
+    p.add_argument("--rate", type=float, help="queries per second (default: as fast as possible)")
+    p.add_argument("--loop", action="store_true", help="start over at the end (forever unless --limit)")
+    p.add_argument("--keep-bids", action="store_true", help="send the world's stored bids instead of fresh ones")
+    p.add_argument("--seed", type=int, help="seed for fresh bids (default: LLMA_SEED)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_replay)
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-messages", type=int, help="exit after consuming this many messages")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a message")
+
+
+def _bootstrap(settings) -> str:
+    from llm_auction.cli import CliError
+    from llm_auction.infra.kafka import check_broker
+
+    if not settings.kafka_bootstrap:
+        raise CliError("LLMA_KAFKA_BOOTSTRAP is not set; start a broker (`llm-auction broker`) and export its address, or run `llm-auction demo` for the all-in-one loop")
+    check_broker(settings.kafka_bootstrap, settings)
+    return settings.kafka_bootstrap
+
+
+def _with_overrides(settings, args):
+    upd = {}
+    for arg, field in (("backend", "adllm_backend" if args.service_name == "responder" else "user_sim_backend"), ("model", "adllm_model"),
+                       ("policy_version", "policy_version"), ("max_wait", "sink_batch_max_wait_s")):
+        if getattr(args, arg, None) is not None:
+            upd[field] = getattr(args, arg)
+    if getattr(args, "batch_size", None) is not None:
+        upd["adllm_batch_size" if args.service_name == "responder" else "sink_batch_size"] = args.batch_size
+    if getattr(args, "candidates", None) is not None:
+        upd["candidates_k"] = args.candidates or None
+    return settings.model_copy(update=upd)
+
+
+def _serve(args) -> int:
+    from llm_auction.consumers import build
+    from llm_auction.consumers.service import install_signal_handlers
+    from llm_auction.infra.kafka import make_producer
+    from llm_auction.schemas.settings import get_settings
+
+    s = _with_overrides(get_settings(), args)
+    bootstrap = _bootstrap(s)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    producer = make_producer(s, bootstrap)
+    name = args.service_name
+    if name == "responder":
+        from llm_auction.models.encoder import TextEncoder
+
+        encoder = TextEncoder() if s.candidates_k else None
+        svc = build.responder_service(s, bootstrap, producer, build.open_backend(s), build.candidate_picker(s, encoder), stop)
+    elif name == "user-sim":
+        from llm_auction.models.user_sim import make_user_simulator
+
+        svc = build.clicker_service(s, bootstrap, producer, make_user_simulator(s.user_sim_backend, seed=s.seed), stop)
+    else:
+        from llm_auction.infra.clickhouse import get_client
+        from llm_auction.infra.ddl import migrate
+
+        client = get_client(s.resolved_clickhouse_url())
+        migrate(client)
+        svc = build.sink_service(s, bootstrap, producer, client, stop)
+    try:
+        stats = svc.run(max_messages=args.max_messages, idle_timeout_s=args.idle_exit)
+    finally:
+        producer.close()
+    print(json.dumps({"service": name, **dict(stats)}))
+    return 0
+
+
+def _replay(args) -> int:
+    from llm_auction.consumers.service import install_signal_handlers
+    from llm_auction.infra.kafka import make_producer
+    from llm_auction.producers.replay import ReplayConfig, replay
+    from llm_auction.producers.world import World, WorldSpec, generate_world
+    from llm_auction.schemas.settings import get_settings
+
+    s = get_settings()
+    bootstrap = _bootstrap(s)
+    root = args.world or s.data_dir / "world"
+    if args.world is None and not (root / "manifest.json").exists():
+        generate_world(root, WorldSpec(seed=s.seed), progress=not args.quiet)
+    world = World(root)
+    cfg = ReplayConfig(
+        split=None if args.split == "all" else args.split, limit=args.limit, rate=args.rate, loop=args.loop,
+        fresh_bids=not args.keep_bids, seed=s.seed if args.seed is None else args.seed,
+    )
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    producer = make_producer(s, bootstrap)
+    try:
+        sent = replay(world, producer, cfg, progress=not args.quiet, stop=stop)
+    finally:
+        producer.close()
+    print(json.dumps({"sent": sent, "split": args.split}))
+    return 0

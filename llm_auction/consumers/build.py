@@ -1,0 +1,77 @@
+"""Assembling services from settings: one place that turns ``LLMA_*`` into running handlers.
+
+The CLI's ``serve`` commands, the in-process demo and the integration tests all build services
+here, so a service started by hand, in compose, or in a test is the same object. Heavy models are
+opened by the caller and passed in (the demo shares one text encoder between the responder's
+candidate retrieval and the user simulator).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from llm_auction.schemas import ClickEvent, QueryEvent, ResponseEvent
+from llm_auction.schemas.catalog import load_catalog
+from llm_auction.schemas.settings import Settings
+from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
+
+from llm_auction.infra.kafka import make_consumer
+
+from .clicker import ClickerHandler
+from .responder import PolicyState, ResponderHandler
+from .service import ServiceConfig, StreamService
+from .sink import SinkHandler
+
+
+def default_model_path(settings: Settings) -> Path:
+    return settings.adllm_model or settings.data_dir / "models" / "smollm2"
+
+
+def open_backend(settings: Settings, model_path: Path | None = None):
+    """The Ad-LLM backend the settings ask for (``stored`` needs no model)."""
+    if settings.adllm_backend == "stored":
+        from llm_auction.models.stored_backend import StoredAnswerBackend
+
+        return StoredAnswerBackend()
+    from llm_auction.models.adllm import SamplingConfig, make_backend
+
+    path = model_path or default_model_path(settings)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
+    sampling = SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed)
+    return make_backend(settings.adllm_backend, path, sampling=sampling, batch_size=settings.adllm_batch_size, base_version=settings.policy_version)
+
+
+def candidate_picker(settings: Settings, encoder=None):
+    """Top-K candidates by relevance when ``candidates_k`` is set, else every candidate."""
+    if settings.candidates_k is None:
+        return None
+    from llm_auction.models.retrieval import top_k_candidates
+
+    k = settings.candidates_k
+    return lambda q: top_k_candidates(q, k, encoder)
+
+
+def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, producer, stop) -> StreamService:
+    consumer = make_consumer(settings, bootstrap, cfg.group_id, list(cfg.topics), max_poll_records=max(cfg.batch_size, 1))
+    return StreamService(cfg, handler, consumer, producer, stop)
+
+
+def responder_service(settings: Settings, bootstrap: str, producer, backend, pick=None, stop: threading.Event | None = None, policy: PolicyState | None = None) -> StreamService:
+    handler = ResponderHandler(backend, load_catalog(), policy or PolicyState(settings.policy_version), pick)
+    cfg = ServiceConfig("responder", "llma-responder", {QUERIES: QueryEvent}, batch_size=settings.adllm_batch_size, batch_max_wait_s=0.2)
+    return _service(settings, bootstrap, cfg, handler, producer, stop)
+
+
+def clicker_service(settings: Settings, bootstrap: str, producer, simulator, stop: threading.Event | None = None) -> StreamService:
+    cfg = ServiceConfig("user-sim", "llma-user-sim", {RESPONSES: ResponseEvent}, batch_size=64, batch_max_wait_s=0.1)
+    return _service(settings, bootstrap, cfg, ClickerHandler(simulator), producer, stop)
+
+
+def sink_service(settings: Settings, bootstrap: str, producer, client, stop: threading.Event | None = None) -> StreamService:
+    cfg = ServiceConfig(
+        "sink", "llma-sink", {QUERIES: QueryEvent, RESPONSES: ResponseEvent, CLICKS: ClickEvent},
+        batch_size=settings.sink_batch_size, batch_max_wait_s=settings.sink_batch_max_wait_s,
+    )
+    return _service(settings, bootstrap, cfg, SinkHandler(client), producer, stop)
