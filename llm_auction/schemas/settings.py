@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(2000, ge=1, description="Max events per ClickHouse insert in the sink.")
     sink_batch_max_wait_s: float = Field(1.0, gt=0, description="Max seconds an event waits in the sink before its batch is inserted.")
 
+    # -- pCTR reward model and model registry --
+    registry_dir: Path | None = Field(None, description="Model registry root (`pctr/` and `policy/` versions). Unset: `<data_dir>/registry`.")
+    pctr_min_auc: float = Field(0.55, ge=0.0, le=1.0, description="Holdout AUC a retrained pCTR model needs to be published as promoted.")
+
     def resolved_clickhouse_url(self) -> str:
         if self.clickhouse_url:
             return self.clickhouse_url

@@ -1,0 +1,266 @@
+"""``llm-auction pctr``: train, evaluate and list pCTR reward-model versions.
+
+``train`` reads impressions (a file, or the warehouse), warm-starts from the latest promoted
+version, fits, exports a verified ONNX file and publishes it to the registry with its metrics;
+``eval`` scores impressions with a published ONNX model through onnxruntime (what the auction
+runs), so the reported AUC is the served model's, not the torch copy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pctr",
+        help="train / evaluate / list the pCTR reward model (Eq. 3, ONNX, model registry)",
+        description="The pCTR reward model: fit on impressions, export to ONNX, publish versions to the registry.",
+    )
+    cmds = p.add_subparsers(dest="pctr_command", metavar="ACTION")
+
+    t = cmds.add_parser(
+        "train",
+        help="fit on impressions and publish a new version",
+        description=(
+            "Fit the pCTR network on impressions (one row per exposed ad: query_id, user_id, query, text, "
+            "ad_id, clicked), warm-started from the latest promoted version, export it to ONNX (verified "
+            "against torch), and publish it to the registry. Prints the manifest as JSON."
+        ),
+    )
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--impressions", type=Path, help="impressions file (.parquet, .jsonl or .csv)")
+    src.add_argument("--from-clickhouse", action="store_true", help="read impressions from the warehouse (LLMA_CLICKHOUSE_URL)")
+    t.add_argument("--since", type=datetime.fromisoformat, default=None, help="with --from-clickhouse: only answers at or after this ISO time")
+    t.add_argument("--limit", type=int, default=None, help="with --from-clickhouse: at most this many rows")
+    t.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
+    t.add_argument("--epochs", type=int, default=8, help="max epochs (early stopping on the holdout; default 8)")
+    t.add_argument("--holdout", type=float, default=0.1, help="share of queries held out for evaluation (default 0.1)")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    t.add_argument("--cold", action="store_true", help="train from scratch instead of warm-starting from the latest promoted version")
+    t.add_argument("--min-auc", type=float, default=None, help="holdout AUC needed to publish as promoted (default: LLMA_PCTR_MIN_AUC)")
+    t.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the bundled all-MiniLM-L6-v2)")
+    t.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz, loaded and saved (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(handler=_train)
+
+    e = cmds.add_parser(
+        "eval",
+        help="score impressions with a published version (onnxruntime) and print metrics",
+        description="AUC, log loss and calibration of a published ONNX model on an impressions file, as JSON.",
+    )
+    e.add_argument("--version", default=None, help="version to evaluate, like pctr-0003 (default: the latest promoted)")
+    e.add_argument("--impressions", type=Path, required=True, help="impressions file (.parquet, .jsonl or .csv)")
+    e.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
+    e.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the model's, else the bundled MiniLM)")
+    e.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(handler=_eval)
+
+    ls = cmds.add_parser("list", help="list published versions", description="Published pCTR versions, oldest first, as JSON lines.")
+    ls.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
+    ls.set_defaults(handler=_list)
+
+    s = cmds.add_parser(
+        "synth",
+        help="write synthetic impressions from a known click function (to try train/eval)",
+        description="Impressions whose clicks are drawn from a known function of query/ad-title relevance and per-ad/user biases; the true probability is the click_probability column.",
+    )
+    s.add_argument("--out", type=Path, required=True, help="output file (.parquet, .jsonl or .csv)")
+    s.add_argument("--queries", type=int, default=1000, help="distinct queries (default 1000)")
+    s.add_argument("--answers-per-query", type=int, default=2, help="responses per query (default 2)")
+    s.add_argument("--replays", type=int, default=4, help="times each response is served, fresh clicks each (default 4)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
+    s.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the bundled all-MiniLM-L6-v2)")
+    s.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    s.set_defaults(handler=_synth)
+    p.set_defaults(handler=lambda args: p.print_help() or 0)
+
+
+def registry_root(args) -> Path:
+    from llm_auction.schemas.settings import get_settings
+
+    s = get_settings()
+    if getattr(args, "out", None):
+        return args.out
+    return getattr(s, "registry_dir", None) or s.data_dir / "registry"
+
+
+def read_impressions(path: Path):
+    import pandas as pd
+
+    from llm_auction.cli import CliError
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return pd.read_json(path, lines=True)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    raise CliError(f"{path}: unknown impressions format {suffix!r} (use .parquet, .jsonl or .csv)")
+
+
+def write_impressions(df, path: Path) -> None:
+    from llm_auction.cli import CliError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        df.to_parquet(path, index=False)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        df.to_json(path, orient="records", lines=True, date_format="iso")
+    elif suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        raise CliError(f"{path}: unknown impressions format {suffix!r} (use .parquet, .jsonl or .csv)")
+
+
+def _encoder(args, settings):
+    from llm_auction.models.encoder import TextEncoder
+
+    enc = TextEncoder(args.encoder)
+    cache = args.embedding_cache or settings.data_dir / "pctr" / "encoder-cache.npz"
+    n = enc.load_cache(cache)
+    return enc, cache, n
+
+
+def _from_clickhouse(args, settings):
+    from llm_auction.cli import CliError
+
+    try:
+        from llm_auction.infra.clickhouse import get_client
+        from llm_auction.infra.warehouse import impressions
+    except ImportError as e:  # the warehouse lands separately; say so instead of a traceback
+        raise CliError(f"--from-clickhouse: the warehouse module is not available ({e})") from None
+    url = settings.resolved_clickhouse_url()
+    client = get_client(url)
+    try:
+        return impressions(client, since=args.since, limit=args.limit)
+    finally:
+        # An embedded (chdb) engine is per process and may be shared with the caller: leave it open.
+        if not url.startswith("chdb:"):
+            client.close()
+
+
+def _train(args) -> int:
+    import tempfile
+
+    from llm_auction.cli import CliError
+    from llm_auction.logs import log_event
+    from llm_auction.models.pctr import export_onnx, load_checkpoint, save_checkpoint
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer.pctr_fit import PctrConfig, PctrTrainer
+    from llm_auction.trainer.registry import ModelRegistry
+
+    s = get_settings()
+    if args.since is not None and not args.from_clickhouse:
+        raise CliError("--since only applies with --from-clickhouse")
+    df = _from_clickhouse(args, s) if args.from_clickhouse else read_impressions(args.impressions)
+    if len(df) == 0:
+        raise CliError("no impressions to train on")
+    registry = ModelRegistry(registry_root(args), "pctr")
+    config = PctrConfig(epochs=args.epochs, holdout_fraction=args.holdout, seed=s.seed if args.seed is None else args.seed, threads=args.threads, progress=not args.quiet)
+
+    parent = None if args.cold else registry.latest(promoted_only=True)
+    init_state = None
+    if parent is not None:
+        ckpt = parent.path / "model.pt"
+        if ckpt.exists():
+            init_state = load_checkpoint(ckpt).state_dict()
+        else:
+            log_event(log, "pctr: parent has no torch weights; training from scratch", logging.WARNING, parent=parent.version)
+
+    encoder, cache, n_cached = _encoder(args, s)
+    trainer = PctrTrainer(config, encoder)
+    data = trainer.prepare(df)
+    encoder.save_cache(cache)
+    try:
+        result = trainer.fit(data, init_state=init_state)
+    except ValueError as e:
+        if init_state is None or "warm start" not in str(e):
+            raise
+        log_event(log, "pctr: parent does not fit this config; training from scratch", logging.WARNING, parent=parent.version, error=str(e))
+        init_state = None
+        result = trainer.fit(data)
+
+    min_auc = args.min_auc if args.min_auc is not None else getattr(s, "pctr_min_auc", 0.55)
+    auc = result.metrics.get("auc", float("nan"))
+    promoted = bool(auc == auc and auc >= min_auc)
+    metrics = {**result.metrics, "n_holdout": result.n_holdout, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "initial_holdout_loss": result.initial_holdout_loss, **result.timings}
+    with tempfile.TemporaryDirectory(prefix="pctr-export-") as tmp:
+        tmp = Path(tmp)
+        export_onnx(result.net, tmp / "model.onnx", encoder=str(encoder.path))
+        save_checkpoint(result.net, tmp / "model.pt")
+        (tmp / "config.json").write_text(json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8")
+        manifest = registry.publish(
+            {"model.onnx": tmp / "model.onnx", "model.json": tmp / "model.json", "model.pt": tmp / "model.pt", "config.json": tmp / "config.json"},
+            metrics=metrics,
+            parent=parent.version if parent and init_state is not None else None,
+            data_window=result.data_window,
+            promoted=promoted,
+            main="model.onnx",
+            n_train=result.n_train,
+            extra={"warm_start": init_state is not None, "min_auc": min_auc, "encoder": str(encoder.path), "encoder_cache_hits_before": n_cached},
+        )
+    print(json.dumps({**manifest.model_dump(mode="json"), "path": str(manifest.path)}, indent=2))
+    return 0
+
+
+def _eval(args) -> int:
+    from llm_auction.cli import CliError
+    from llm_auction.models.encoder import TextEncoder
+    from llm_auction.models.pctr import PctrScorer
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer.pctr_fit import score_impressions
+    from llm_auction.trainer.registry import ModelRegistry
+
+    s = get_settings()
+    registry = ModelRegistry(registry_root(args), "pctr")
+    manifest = registry.get(args.version) if args.version else registry.latest(promoted_only=True)
+    if manifest is None:
+        raise CliError(f"registry {registry.dir}: no promoted version (train one with `llm-auction pctr train`)")
+    df = read_impressions(args.impressions)
+    side = json.loads((manifest.path / "model.json").read_text(encoding="utf-8")) if (manifest.path / "model.json").exists() else {}
+    enc_path = args.encoder or (Path(side["encoder"]) if side.get("encoder") and Path(side["encoder"]).exists() else None)
+    encoder = TextEncoder(enc_path)
+    cache = args.embedding_cache or s.data_dir / "pctr" / "encoder-cache.npz"
+    encoder.load_cache(cache)
+    scorer = PctrScorer(manifest.artifact_path, encoder=encoder)
+    metrics = score_impressions(scorer, df, progress=not args.quiet)
+    encoder.save_cache(cache)
+    print(json.dumps({"version": manifest.version, "providers": scorer.providers, "metrics": metrics}, indent=2))
+    return 0
+
+
+def _list(args) -> int:
+    from llm_auction.trainer.registry import ModelRegistry
+
+    for m in ModelRegistry(registry_root(args), "pctr").list():
+        keep = {k: m.metrics.get(k) for k in ("auc", "log_loss", "calibration") if k in m.metrics}
+        print(json.dumps({"version": m.version, "parent": m.parent, "created": m.created.isoformat(), "promoted": m.promoted, "n_train": m.n_train, "sha256": m.sha256, **keep}))
+    return 0
+
+
+def _synth(args) -> int:
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer.pctr_synth import synthetic_impressions
+
+    s = get_settings()
+    encoder, cache, _ = _encoder(args, s)
+    df = synthetic_impressions(
+        encoder, n_queries=args.queries, answers_per_query=args.answers_per_query, replays=args.replays, seed=s.seed if args.seed is None else args.seed
+    )
+    write_impressions(df, args.out)
+    encoder.save_cache(cache)
+    print(json.dumps({"out": str(args.out), "rows": len(df), "ctr": round(float(df["clicked"].mean()), 4), "queries": int(df["query_id"].nunique())}))
+    return 0
