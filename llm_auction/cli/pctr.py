@@ -9,6 +9,7 @@ runs), so the reported AUC is the served model's, not the torch copy's.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from datetime import datetime
@@ -90,7 +91,7 @@ def registry_root(args) -> Path:
     s = get_settings()
     if getattr(args, "out", None):
         return args.out
-    return getattr(s, "registry_dir", None) or s.data_dir / "registry"
+    return s.registry_dir or s.data_dir / "registry"
 
 
 def read_impressions(path: Path):
@@ -125,10 +126,23 @@ def write_impressions(df, path: Path) -> None:
         raise CliError(f"{path}: unknown impressions format {suffix!r} (use .parquet, .jsonl or .csv)")
 
 
-def _encoder(args, settings):
+def load_encoder(path: str | Path | None = None):
+    """One TextEncoder per model folder and process: loading MiniLM costs seconds, and its
+    content-hash cache is worth keeping between commands run in one process (tests, notebooks)."""
+    from llm_auction.models.encoder import default_encoder_path
+
+    return _load_encoder(str(Path(path or default_encoder_path()).resolve()))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(path: str):
     from llm_auction.models.encoder import TextEncoder
 
-    enc = TextEncoder(args.encoder)
+    return TextEncoder(path)
+
+
+def _encoder(args, settings):
+    enc = load_encoder(args.encoder)
     cache = args.embedding_cache or settings.data_dir / "pctr" / "encoder-cache.npz"
     n = enc.load_cache(cache)
     return enc, cache, n
@@ -193,7 +207,7 @@ def _train(args) -> int:
         init_state = None
         result = trainer.fit(data)
 
-    min_auc = args.min_auc if args.min_auc is not None else getattr(s, "pctr_min_auc", 0.55)
+    min_auc = args.min_auc if args.min_auc is not None else s.pctr_min_auc
     auc = result.metrics.get("auc", float("nan"))
     promoted = bool(auc == auc and auc >= min_auc)
     metrics = {**result.metrics, "n_holdout": result.n_holdout, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "initial_holdout_loss": result.initial_holdout_loss, **result.timings}
@@ -218,7 +232,6 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from llm_auction.cli import CliError
-    from llm_auction.models.encoder import TextEncoder
     from llm_auction.models.pctr import PctrScorer
     from llm_auction.schemas.settings import get_settings
     from llm_auction.trainer.pctr_fit import score_impressions
@@ -232,7 +245,7 @@ def _eval(args) -> int:
     df = read_impressions(args.impressions)
     side = json.loads((manifest.path / "model.json").read_text(encoding="utf-8")) if (manifest.path / "model.json").exists() else {}
     enc_path = args.encoder or (Path(side["encoder"]) if side.get("encoder") and Path(side["encoder"]).exists() else None)
-    encoder = TextEncoder(enc_path)
+    encoder = load_encoder(enc_path)
     cache = args.embedding_cache or s.data_dir / "pctr" / "encoder-cache.npz"
     encoder.load_cache(cache)
     scorer = PctrScorer(manifest.artifact_path, encoder=encoder)
