@@ -25,10 +25,20 @@ The warehouse uses the second. The event tables are ``ReplacingMergeTree ORDER B
 (``revenue_per_minute``, ``revenue_by_policy``) aggregate ``FINAL`` rows at read time, so there is
 no pre-aggregated state that a duplicate could have reached. FINAL stays cheap because ts leads
 the key: a time-ordered stream gives batches disjoint key ranges, and ClickHouse merges at read
-time only the ranges that overlap (the replayed ones); ``bench/warehouse.py`` measures it. A
-duplicate shares its original's ts, hence its day partition. ``impressions`` dedups by its own
-content key with GROUP BY. ``tests/integration/test_warehouse.py`` proves it: re-inserting a
-100,000-row batch, and a re-sliced overlapping replay, leave every view unchanged.
+time only the ranges that overlap (the replayed ones); ``bench/warehouse.py`` measures it. (It
+also relies on ``optimize_on_insert``, on by default: an inserted part is born deduplicated, at
+level 1, which is what lets FINAL read it without merging; turning it off makes FINAL merge
+everything.) A
+duplicate shares its original's ts, hence its day partition. ``impressions`` joins FINAL rows too.
+``tests/integration/test_warehouse.py`` proves it: re-inserting a 100,000-row batch, and a
+re-sliced overlapping replay, leave every view unchanged.
+
+The identity of an event is therefore (ts, event_id). A Kafka replay repeats both. A producer that
+*re-creates* an event on its own replay must repeat both too (derive the id, and take ts from its
+input rather than the clock): the same id with a new ts is a new row, as it would be anyway once
+the new ts fell on another day's partition. Keying on event_id alone would lift that rule for
+same-day duplicates, at a price measured here: every part then overlaps every other, and the
+per-policy FINAL read of 1M clicks went from about 15 ms to about 330 ms on 2 cores.
 """
 
 from __future__ import annotations

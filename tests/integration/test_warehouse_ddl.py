@@ -15,7 +15,7 @@ from llm_auction.infra.errors import InfraError
 
 pytestmark = pytest.mark.integration
 
-ALL = ["0001_database", "0002_event_tables", "0003_views"]
+ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final"]
 
 
 def objects(client) -> dict[str, str]:
@@ -31,7 +31,7 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
     assert ddl.migrate(client) == []
     assert ddl.migrate(client) == []
     assert [r["name"] for r in ddl.applied(client).values()] == ALL
-    assert client.query("SELECT count() FROM llm_auction.schema_migrations").result_rows[0][0] == 3
+    assert client.query("SELECT count() FROM llm_auction.schema_migrations").result_rows[0][0] == 4
     assert objects(client) == {
         "clicks": "ReplacingMergeTree",
         "impressions": "View",
@@ -81,7 +81,7 @@ def test_cli_migrate_and_status(clickhouse_client, clickhouse_url, monkeypatch, 
     try:
         assert main(["warehouse", "migrate"]) == 0
         first = json.loads(capsys.readouterr().out)
-        assert first == {"url": parse_url(clickhouse_url).safe(), "applied_now": ALL, "schema_version": 3}
+        assert first == {"url": parse_url(clickhouse_url).safe(), "applied_now": ALL, "schema_version": 4}
         assert main(["warehouse", "migrate"]) == 0
         assert json.loads(capsys.readouterr().out)["applied_now"] == []
         clickhouse_client.command("SYSTEM STOP MERGES llm_auction.clicks")  # keep the two parts apart
