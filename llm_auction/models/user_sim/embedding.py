@@ -56,8 +56,8 @@ class ClickModelConfig:
     it and an unrelated one about 0.0-0.1: a relevant ad woven into the flow gets p ~ 0.2-0.5, the
     same ad tacked on below the answer about half that, an unrelated one < 0.05 (the paper's Table 2
     revenue per query, 47-175 at bids 1-100, implies click rates of roughly 10-40% on relevant ads).
-    On the synthetic world, ads of the query's interest categories average about 0.2 and all
-    others about 0.03 (``tests/unit/test_user_sim_embedding.py`` checks both).
+    On synthetic-world questions, ads of the question's interest categories average about 0.14
+    and all others about 0.01 (``tests/unit/test_user_sim_embedding.py`` checks both).
     """
 
     intercept: float = -4.8
@@ -74,7 +74,7 @@ class ClickModelConfig:
     min_answer_words: int = 12  # fewer words outside the markers: an ad-only answer, no clicks
     max_ad_char_share: float = 0.5  # more of the text inside markers than this: no clicks
     max_leak_share: float = 0.34  # more of the text about the insertion itself than this: no clicks
-    window_chars: int = 240  # characters each side of a marker that make its context
+    window_chars: int = 150  # characters each side of a marker that make its context (cost: MiniLM time grows with it)
     trailing_min_position: float = 0.75  # a last paragraph opened by the ad after this share of the answer is "appended"
     max_click_probability: float = 0.7  # p = max * sigmoid(z): even a perfect ad is not always clicked
 

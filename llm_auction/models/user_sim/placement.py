@@ -8,8 +8,9 @@ is not clicked at all. This module reads those facts off the marker positions th
 - ``window``: the text around the marker within its line (markers removed), what the ad has to
   fit semantically; a marker alone on its line borrows the line before.
 - ``detached``: the marker is a sentence of its own (``... beverage. [@Tea@[Ad-1]](#).``).
-- ``trailing``: the marker opens the last paragraph after the answer is essentially over
-  (paper Table 4, pre-trained: the shoes appended below the conclusion).
+- ``trailing``: the marker is in the first sentence of a last paragraph that starts after the
+  answer is essentially over: an ad blurb appended below the conclusion (paper Table 4,
+  pre-trained). An ad closing the answer's own last paragraph (Tables 1 and 3) is not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from llm_auction.auction import parse_ads
 
 _WORD = re.compile(r"[A-Za-z0-9\u4e00-\u9fff]+")
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f](?=\s|$)")
-_BULLET = re.compile(r"^[\s\-*\u2022>#]*(?:\d+[.)]\s*)?")
 # Text about the insertion itself (instructions leaking into the answer), not about the product.
 _LEAK = re.compile(
     r"\b(?:ads?|advert\w*|sponsor\w*|bids?|bidding|insert(?:ed|ing|ion)?|ad[ _-]?ids?|candidate ads?)\b", re.IGNORECASE
@@ -102,13 +102,9 @@ def analyze(text: str, exposed_ids: Sequence[str], window_chars: int = 240, trai
         ss, se = _sentence_bounds(masked, ls, le, m.start, m.end)
         detached = len(_WORD.findall(masked[ss:se])) == 0
         before = plain_len(0, m.start) / all_plain
-        line_prefix = _BULLET.sub("", masked[ls : m.start])
         is_last_line = not _WORD.search(masked[le:])  # only markers (or nothing) follow this line
-        trailing = (
-            is_last_line
-            and not line_prefix.strip()
-            and plain_len(0, ls) / all_plain >= trailing_min_position
-        )
+        in_first_sentence = _SENTENCE_END.search(masked, ls, m.start) is None
+        trailing = is_last_line and in_first_sentence and plain_len(0, ls) / all_plain >= trailing_min_position
         placements[ad_id] = Placement(ad_id, window, detached, trailing, True, before)
 
     plain_text = _squash(masked)
