@@ -3,16 +3,19 @@
     .venv/bin/python bench/warehouse.py [--rows 1000000] [--batch 100000] [--url chdb:///abs/path]
 
 ``--rows`` click events (one per exposed ad; three per answer) plus ``rows / 3`` responses, over
-60 minutes of traffic and two policy versions, go through the public API
-(``warehouse.insert_responses`` / ``insert_clicks``: pydantic events in, Arrow batches out) into a
-fresh embedded ClickHouse (or ``--url``). Reported:
+60 minutes of traffic and two policy versions, go into a fresh embedded ClickHouse (or ``--url``)
+the way ``warehouse.insert_responses`` / ``insert_clicks`` send them (pydantic events ->
+``responses_table`` / ``clicks_table`` -> ``insert_arrow``), called step by step so that the
+conversion and the engine can be timed apart. Reported:
 
-- insert rows/s, end to end (events -> Arrow -> part on disk) and the engine's share alone;
+- insert rows/s, end to end (events -> Arrow -> part on disk), the engine alone, and rows per
+  CPU-second of this process (the engine runs in it);
 - the same with sink-sized batches (``LLMA_SINK_BATCH_SIZE``, 2,000 events per insert);
-- ``revenue_by_policy`` latency (median of 20 warm runs) right after the inserts (parts not yet
-  merged: the realistic worst case), after a re-batched 10% replay (duplicates present, FINAL has
-  work to do), and after ``OPTIMIZE ... FINAL``;
-- a correctness check: the view's sums equal the ones computed in Python, replay included.
+- ``revenue_by_policy`` latency (median of 20 warm runs, wall and CPU) right after the inserts,
+  once background merges are done (the headline: a live warehouse's steady state), after a
+  re-batched 10% replay (duplicates present, FINAL has overlapping ranges to merge), and after
+  ``OPTIMIZE ... FINAL``; ``revenue_per_minute``; one full ``impressions`` read;
+- a correctness check: the view's sums equal the ones computed in Python in every state.
 
 Writes ``bench/results/warehouse.json`` (keys ``insert_rows_per_s`` and ``revenue_query_ms``
 among others) and prints a table. Building the pydantic events is not timed.
