@@ -6,11 +6,16 @@ validates the answer's markers against the shown candidates (``llm_auction.aucti
 ``ResponseEvent`` tagged with the policy version that wrote it. A query naming an ad the catalog
 does not have, or with a title that differs from the catalog's, is rejected to the dead-letter
 topic: the mechanism's exact-title rule needs the catalog to be the truth.
+
+Event time: a response carries its query's ``ts`` and an id derived from the query's, so the
+query, its answer and its clicks share one event time and a redelivered query never counts
+twice. Processing delay is in ``latency_ms`` (generation) and in the Kafka record timestamps.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from llm_auction.auction import allocate
@@ -20,6 +25,17 @@ from llm_auction.schemas.topics import RESPONSES
 from .service import Item, Outcome, Output
 
 CandidatePicker = Callable[[QueryEvent], list[CandidateAd]]
+_RESPONSE_NS = uuid.UUID("2b0c8a52-3f43-4a57-8f1e-8d3c5a9e6b20")
+
+
+def response_event_id(query_event_id: str, policy_version: str) -> str:
+    """Deterministic id of the answer to a query under a policy version.
+
+    With the query's event time as the response's ``ts``, a query answered twice (a responder
+    crash between produce and commit) gives two events with one identity, which the warehouse
+    keeps once, instead of two answers that would both count.
+    """
+    return str(uuid.uuid5(_RESPONSE_NS, f"{query_event_id}/{policy_version}"))
 
 
 class PolicyState:
@@ -70,6 +86,8 @@ class ResponderHandler:
             text = samples[0]
             alloc = allocate(text, s)
             resp = ResponseEvent(
+                event_id=response_event_id(q.event_id, version),
+                ts=q.ts,
                 query_id=q.query_id, policy_version=version, query=q, text=text,
                 exposed_ad_ids=list(alloc.exposed), n_ads=alloc.n_ads, format_error=alloc.format_error,
                 format_reasons=list(alloc.reasons), shown_ad_ids=[c.ad_id for c in s], latency_ms=latency_ms,

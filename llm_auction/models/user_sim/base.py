@@ -6,8 +6,9 @@ in ``response.exposed_ad_ids`` order (a non-click is data too: pCTR trains on ex
 for an answer with no exposed ads, and ``bid``/``policy_version``/``user_id`` copied from the
 response so revenue and attribution can be read from the clicks table alone.
 
-Click event ids are derived (uuid5) from the response's event id and the ad id: a response
-consumed twice (at-least-once delivery) yields the same click ids, which the warehouse dedups.
+Click events are fully derived from the response: the id (uuid5 of the response's event id and
+the ad id) and the event time (the response's ``ts``). A response consumed twice (at-least-once
+delivery) therefore yields byte-identical clicks, which the warehouse dedups on (ts, event_id).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def build_click_events(response: ResponseEvent, decisions: Mapping[str, Decision
         events.append(
             ClickEvent(
                 event_id=click_event_id(response.event_id, ad_id),
+                ts=response.ts,
                 query_id=response.query_id,
                 ad_id=ad_id,
                 clicked=bool(d.clicked),

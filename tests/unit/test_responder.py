@@ -1,0 +1,57 @@
+"""The responder handler: validation against the catalog, allocation, and derived identity."""
+
+from collections import namedtuple
+
+from llm_auction.consumers.responder import PolicyState, ResponderHandler
+from llm_auction.consumers.service import Item
+from llm_auction.models.stored_backend import StoredAnswerBackend
+from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
+from llm_auction.schemas.catalog import load_catalog
+
+Rec = namedtuple("Rec", "topic partition offset key value")
+
+
+def query(qid="q1", **over):
+    cands = over.pop("candidates", None) or [
+        CandidateAd(ad_id="Ad-2489", title="Progesterone Tea", category="herbal tea", bid=100),
+        CandidateAd(ad_id="Ad-3356", title="American Ginseng Tea", category="herbal tea", bid=41),
+    ]
+    return QueryEvent(query_id=qid, user=UserProfile(user_id="u1", info="x", interests=["tea"]), query="tea?", candidates=cands, **over)
+
+
+def handle(events, version="v7", pick=None):
+    h = ResponderHandler(StoredAnswerBackend(), load_catalog(), PolicyState(version), pick)
+    return h.handle([Item(Rec("auction.queries", 0, i, b"k", b""), e) for i, e in enumerate(events)])
+
+
+def test_answer_is_allocated_and_tagged_with_the_policy():
+    (o,) = handle([query()]).outputs
+    r = o.event
+    assert o.topic == "auction.responses" and o.key == "q1"
+    assert r.policy_version == "v7" and r.exposed_ad_ids == ["Ad-2489"] and r.n_ads == 1 and not r.format_error
+    assert r.shown_ad_ids == ["Ad-2489", "Ad-3356"] and r.query.query_id == "q1"
+
+
+def test_redelivered_query_gets_the_same_identity_and_event_time():
+    q = query()
+    a, b = handle([q]).outputs[0].event, handle([q]).outputs[0].event
+    assert a.event_id == b.event_id and a.ts == b.ts == q.ts
+    other = handle([q], version="v8").outputs[0].event
+    assert other.event_id != a.event_id  # another policy's answer is another event
+
+
+def test_unknown_ad_or_changed_title_is_rejected_not_answered():
+    bad_id = query("q2", candidates=[CandidateAd(ad_id="Ad-0000", title="Nope", category="x", bid=5)])
+    bad_title = query("q3", candidates=[CandidateAd(ad_id="Ad-2489", title="Progesterone Tea XL", category="herbal tea", bid=5)])
+    out = handle([bad_id, query("q4"), bad_title])
+    assert [o.key for o in out.outputs] == ["q4"]
+    reasons = {it.event.query_id: why for it, why in out.rejected}
+    assert "unknown ad id Ad-0000" in reasons["q2"] and "differs from the catalog" in reasons["q3"]
+
+
+def test_shown_candidates_narrow_what_the_model_sees_and_what_counts():
+    pick = lambda q: [c for c in q.candidates if c.ad_id == "Ad-3356"]  # noqa: E731
+    (o,) = handle([query()], pick=pick).outputs
+    # the stored answer names the best *shown* ad; the response keeps the full query
+    assert o.event.exposed_ad_ids == ["Ad-3356"] and o.event.shown_ad_ids == ["Ad-3356"]
+    assert len(o.event.query.candidates) == 2
