@@ -19,6 +19,7 @@ from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
 from llm_auction.infra.kafka import make_consumer
 
 from .clicker import ClickerHandler
+from .local_loop import LocalLoop
 from .responder import PolicyState, ResponderHandler
 from .service import ServiceConfig, StreamService
 from .sink import SinkHandler
@@ -75,3 +76,14 @@ def sink_service(settings: Settings, bootstrap: str, producer, client, stop: thr
         batch_size=settings.sink_batch_size, batch_max_wait_s=settings.sink_batch_max_wait_s,
     )
     return _service(settings, bootstrap, cfg, SinkHandler(client), producer, stop)
+
+
+def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator, client, pick=None) -> LocalLoop:
+    """Responder, user simulator and sink for one process, sharing one stop event."""
+    stop = threading.Event()
+    return LocalLoop(
+        responder_service(settings, bootstrap, producer, backend, pick, stop),
+        clicker_service(settings, bootstrap, producer, simulator, stop),
+        sink_service(settings, bootstrap, producer, client, stop),
+        stop,
+    )

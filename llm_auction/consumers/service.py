@@ -140,7 +140,8 @@ class StreamService:
     def run(self, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counter[str]:
         """Consume until ``stop`` is set, ``max_messages`` were processed, or nothing arrived for ``idle_timeout_s``."""
         cfg = self.config
-        self.consumer.subscribe(list(cfg.topics))
+        if set(self.consumer.subscription() or ()) != set(cfg.topics):
+            self.consumer.subscribe(list(cfg.topics))
         pending: list[Any] = []
         first_at = 0.0
         last_record_at = time.monotonic()

@@ -20,6 +20,9 @@ class FakeConsumer:
     def subscribe(self, topics):
         self.topics = topics
 
+    def subscription(self):
+        return getattr(self, "topics", None)
+
     def poll(self, timeout_ms, max_records):
         batch, self.records = self.records[:max_records], self.records[max_records:]
         return {"tp": batch} if batch else {}
