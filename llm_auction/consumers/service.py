@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,6 +81,9 @@ class StreamService:
         self.producer = producer
         self.stop = stop or threading.Event()
         self.stats: Counter[str] = Counter()
+        # ms from each record's Kafka timestamp to its batch's commit: queueing + batching +
+        # processing, i.e. the latency this hop adds (bounded; read by benchmarks and health)
+        self.hop_ms: deque[float] = deque(maxlen=200_000)
         self._lock = threading.Lock()
 
     # -- one batch -------------------------------------------------------------------------
@@ -132,6 +135,8 @@ class StreamService:
             self.producer.send(o.topic, key=o.key.encode("utf-8"), value=encode(o.event))
         self.producer.flush()
         self.consumer.commit()
+        done_ms = time.time() * 1000.0
+        self.hop_ms.extend(done_ms - r.timestamp for r in records if getattr(r, "timestamp", None))
         self._count("consumed", len(records))
         self._count("produced", len(outcome.outputs))
         self._count("batches")
