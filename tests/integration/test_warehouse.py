@@ -58,12 +58,13 @@ def minute_of(ts: datetime) -> datetime:
 
 
 def expected_per_minute(responses, clicks) -> list[dict]:
-    agg: dict[tuple, dict] = defaultdict(lambda: {"queries": 0, "exposures": 0, "errors": 0, "clicks": 0, "revenue": 0})
+    agg: dict[tuple, dict] = defaultdict(lambda: {"queries": 0, "exposures": 0, "errors": 0, "clicks": 0, "revenue": 0, "penalty": 0})
     for r in responses:
         d = agg[(minute_of(r.ts), r.policy_version)]
         d["queries"] += 1
         d["exposures"] += r.n_ads
         d["errors"] += r.format_error
+        d["penalty"] += -10 * r.n_ads**2 - 500 * r.format_error
     for c in clicks:
         d = agg[(minute_of(c.ts), c.policy_version)]
         d["clicks"] += c.clicked
@@ -74,18 +75,20 @@ def expected_per_minute(responses, clicks) -> list[dict]:
             "ads_per_answer": d["exposures"] / d["queries"] if d["queries"] else None,
             "format_error_rate": d["errors"] / d["queries"] if d["queries"] else None,
             "ctr": d["clicks"] / d["exposures"] if d["exposures"] else None,
+            "reward_per_query": (d["revenue"] + d["penalty"]) / d["queries"] if d["queries"] else None,
         }
         for (m, v), d in sorted(agg.items())
     ]
 
 
 def expected_by_policy(responses, clicks) -> list[dict]:
-    agg: dict[str, dict] = defaultdict(lambda: {"queries": 0, "exposures": 0, "errors": 0, "clicks": 0, "revenue": 0})
+    agg: dict[str, dict] = defaultdict(lambda: {"queries": 0, "exposures": 0, "errors": 0, "clicks": 0, "revenue": 0, "penalty": 0})
     for r in responses:
         d = agg[r.policy_version]
         d["queries"] += 1
         d["exposures"] += r.n_ads
         d["errors"] += r.format_error
+        d["penalty"] += -10 * r.n_ads**2 - 500 * r.format_error
     for c in clicks:
         agg[c.policy_version]["clicks"] += c.clicked
         agg[c.policy_version]["revenue"] += c.bid * c.clicked
@@ -94,6 +97,7 @@ def expected_by_policy(responses, clicks) -> list[dict]:
             "policy_version": v, "queries": d["queries"], "exposures": d["exposures"], "clicks": d["clicks"], "revenue": d["revenue"],
             "revenue_per_query": d["revenue"] / d["queries"], "ads_per_answer": d["exposures"] / d["queries"],
             "format_error_rate": d["errors"] / d["queries"], "ctr": d["clicks"] / d["exposures"],
+            "reward_per_query": (d["revenue"] + d["penalty"]) / d["queries"],
         }
         for v, d in sorted(agg.items())
     ]
@@ -175,11 +179,11 @@ def test_per_minute_attribution_and_null_ratios(clickhouse_client):
     warehouse.insert_responses(clickhouse_client, [r])
     warehouse.insert_clicks(clickhouse_client, [c1, c2])
     assert warehouse.revenue_per_minute(clickhouse_client) == [
-        {"minute": T0, "policy_version": "v9", "queries": 1, "exposures": 2, "clicks": 1, "revenue": 5, "ads_per_answer": 2.0, "format_error_rate": 0.0, "ctr": 0.5},
-        {"minute": T0 + timedelta(minutes=1), "policy_version": "v9", "queries": 0, "exposures": 0, "clicks": 1, "revenue": 17, "ads_per_answer": None, "format_error_rate": None, "ctr": None},
+        {"minute": T0, "policy_version": "v9", "queries": 1, "exposures": 2, "clicks": 1, "revenue": 5, "ads_per_answer": 2.0, "format_error_rate": 0.0, "ctr": 0.5, "reward_per_query": 5.0 - 40},
+        {"minute": T0 + timedelta(minutes=1), "policy_version": "v9", "queries": 0, "exposures": 0, "clicks": 1, "revenue": 17, "ads_per_answer": None, "format_error_rate": None, "ctr": None, "reward_per_query": None},
     ]
     assert warehouse.revenue_by_policy(clickhouse_client) == [
-        {"policy_version": "v9", "queries": 1, "exposures": 2, "clicks": 2, "revenue": 22, "revenue_per_query": 22.0, "ads_per_answer": 2.0, "format_error_rate": 0.0, "ctr": 1.0}
+        {"policy_version": "v9", "queries": 1, "exposures": 2, "clicks": 2, "revenue": 22, "revenue_per_query": 22.0, "ads_per_answer": 2.0, "format_error_rate": 0.0, "ctr": 1.0, "reward_per_query": 22.0 - 40}
     ]
 
 

@@ -15,7 +15,7 @@ from llm_auction.infra.errors import InfraError
 
 pytestmark = pytest.mark.integration
 
-ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final"]
+ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query"]
 
 
 def objects(client) -> dict[str, str]:
@@ -31,7 +31,7 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
     assert ddl.migrate(client) == []
     assert ddl.migrate(client) == []
     assert [r["name"] for r in ddl.applied(client).values()] == ALL
-    assert client.query("SELECT count() FROM llm_auction.schema_migrations").result_rows[0][0] == 4
+    assert client.query("SELECT count() FROM llm_auction.schema_migrations").result_rows[0][0] == len(ALL)
     assert objects(client) == {
         "clicks": "ReplacingMergeTree",
         "impressions": "View",
@@ -46,10 +46,10 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
     ).result_rows
     assert keys == [(t, "toYYYYMMDD(ts)", "ts, event_id") for t in ("clicks", "queries", "responses")]
     cols = client.query("SELECT name, type FROM system.columns WHERE database = 'llm_auction' AND table = 'revenue_per_minute' ORDER BY position").result_rows
-    assert [c[0] for c in cols] == ["minute", "policy_version", "queries", "exposures", "clicks", "revenue", "ads_per_answer", "format_error_rate", "ctr"]
+    assert [c[0] for c in cols] == ["minute", "policy_version", "queries", "exposures", "clicks", "revenue", "ads_per_answer", "format_error_rate", "ctr", "reward_per_query"]
     assert cols[0][1] == "DateTime('UTC')"
     cols = client.query("SELECT name FROM system.columns WHERE database = 'llm_auction' AND table = 'revenue_by_policy' ORDER BY position").result_rows
-    assert [c[0] for c in cols] == ["policy_version", "queries", "exposures", "clicks", "revenue", "revenue_per_query", "ads_per_answer", "format_error_rate", "ctr"]
+    assert [c[0] for c in cols] == ["policy_version", "queries", "exposures", "clicks", "revenue", "revenue_per_query", "ads_per_answer", "format_error_rate", "ctr", "reward_per_query"]
 
 
 def test_an_edited_applied_migration_is_refused(clickhouse_client):
@@ -81,7 +81,7 @@ def test_cli_migrate_and_status(clickhouse_client, clickhouse_url, monkeypatch, 
     try:
         assert main(["warehouse", "migrate"]) == 0
         first = json.loads(capsys.readouterr().out)
-        assert first == {"url": parse_url(clickhouse_url).safe(), "applied_now": ALL, "schema_version": 4}
+        assert first == {"url": parse_url(clickhouse_url).safe(), "applied_now": ALL, "schema_version": len(ALL)}
         assert main(["warehouse", "migrate"]) == 0
         assert json.loads(capsys.readouterr().out)["applied_now"] == []
         clickhouse_client.command("SYSTEM STOP MERGES llm_auction.clicks")  # keep the two parts apart
