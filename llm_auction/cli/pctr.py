@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=8, help="max epochs (early stopping on the holdout; default 8)")
     t.add_argument("--holdout", type=float, default=0.1, help="share of queries held out for evaluation (default 0.1)")
     t.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads for the fit (default 1, PctrConfig's; 0: torch's default)")
     t.add_argument("--cold", action="store_true", help="train from scratch instead of warm-starting from the latest promoted version")
     t.add_argument("--min-auc", type=float, default=None, help="holdout AUC needed to publish as promoted (default: LLMA_PCTR_MIN_AUC)")
     t.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the bundled all-MiniLM-L6-v2)")
@@ -183,7 +183,9 @@ def _train(args) -> int:
     if len(df) == 0:
         raise CliError("no impressions to train on")
     registry = ModelRegistry(registry_root(args), "pctr")
-    config = PctrConfig(epochs=args.epochs, holdout_fraction=args.holdout, seed=s.seed if args.seed is None else args.seed, threads=args.threads, progress=not args.quiet)
+    config = PctrConfig(epochs=args.epochs, holdout_fraction=args.holdout, seed=s.seed if args.seed is None else args.seed, progress=not args.quiet)
+    if args.threads is not None:
+        config.threads = args.threads or None  # 0: torch's default
 
     parent = None if args.cold else registry.latest(promoted_only=True)
     init_state = None

@@ -58,7 +58,10 @@ class PctrConfig:
     early_stop_min_delta: float = 1e-4
     id_dropout: float = 0.05  # share of rows trained with the unknown id row (teaches bucket 0)
     weight_decay: float = 0.0
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    # torch intra-op threads for the fit; None: torch's default (all cores). One by default: an MLP
+    # at batch 256 gains little from more, and beside other services on a small machine extra
+    # threads oversubscribe the cores (measured 6-24x slower on a loaded 2-core box; bench/pctr.py).
+    threads: int | None = 1
     eval_batch_size: int = 16384
     progress: bool = True
 
