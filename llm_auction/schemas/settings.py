@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     # -- pCTR reward model and model registry --
     registry_dir: Path | None = Field(None, description="Model registry root (`pctr/` and `policy/` versions). Unset: `<data_dir>/registry`.")
     pctr_min_auc: float = Field(0.55, ge=0.0, le=1.0, description="Holdout AUC a retrained pCTR model needs to be published as promoted.")
+    # -- stream app (impressions join, pCTR retraining) --
+    pctr_promote_margin: float = Field(0.02, ge=0.0, le=1.0, description="A retrained pCTR model whose holdout AUC is more than this below the current promoted model's is published unpromoted.")
+    pctr_retrain_interval_s: float = Field(60.0, gt=0, description="Stream app: seconds between checks for enough new impressions to retrain pCTR.")
+    pctr_min_new_impressions: int = Field(2000, ge=1, description="Stream app: new impressions (since the last trained window) needed to retrain pCTR.")
+    pctr_train_window: int = Field(200_000, ge=100, description="Stream app: pCTR trains on at most this many most recent impressions.")
+    stream_app_id: str = Field("llm-auction-stream", description="Stream app (Faust) application id: its consumer group and the prefix of its changelog topics.")
+    stream_clickhouse_url: str | None = Field(None, description="ClickHouse URL of the stream app. Unset: `LLMA_CLICKHOUSE_URL` (with chdb the folder must not be open in another process).")
+    stream_join_max_wait_s: float = Field(30.0, gt=0, description="Stream app: seconds a response waits for its clicks before missing decisions count as not clicked.")
+    stream_flush_rows: int = Field(2000, ge=1, description="Stream app: joined impressions buffered before a ClickHouse insert.")
+    stream_flush_interval_s: float = Field(1.0, gt=0, description="Stream app: max seconds a joined impression waits before its batch is inserted.")
+
+    def resolved_stream_clickhouse_url(self) -> str:
+        return self.stream_clickhouse_url or self.resolved_clickhouse_url()
 
     def resolved_clickhouse_url(self) -> str:
         if self.clickhouse_url:

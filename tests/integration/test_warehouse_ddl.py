@@ -15,7 +15,7 @@ from llm_auction.infra.errors import InfraError
 
 pytestmark = pytest.mark.integration
 
-ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query"]
+ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app"]
 
 
 def objects(client) -> dict[str, str]:
@@ -40,6 +40,8 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
         "revenue_by_policy": "View",
         "revenue_per_minute": "View",
         "schema_migrations": "ReplacingMergeTree",
+        "stream_impressions": "ReplacingMergeTree",
+        "stream_pctr_versions": "ReplacingMergeTree",
     }
     keys = client.query(
         "SELECT name, partition_key, sorting_key FROM system.tables WHERE database = 'llm_auction' AND name IN ('queries', 'responses', 'clicks') ORDER BY name"

@@ -69,3 +69,22 @@ def test_redelivered_response_and_duplicate_clicks_do_not_double_count():
 def test_answer_without_ads_yields_nothing_and_keeps_no_state():
     j = joiner()
     assert j.add_response(resp(exposed=()), now=0) == [] and j.pending == {}
+
+
+def test_true_click_probability_travels_to_the_impression_in_either_order():
+    j = joiner()
+    c1 = click("Ad-2489", True).model_copy(update={"click_probability": 0.25})
+    j.add_click(c1, now=0)  # early
+    j.add_response(resp(), now=1)
+    rows = j.add_click(click("Ad-3356", False).model_copy(update={"click_probability": 0.125}), now=2)
+    assert {(r.ad_id, r.click_probability) for r in rows} == {("Ad-2489", 0.25), ("Ad-3356", 0.125)}
+    j.add_response(resp("q2"), now=3)
+    rows = j.expire(now=100)  # no decisions: not clicked, truth unknown
+    assert {(r.ad_id, r.clicked, r.click_probability) for r in rows} == {("Ad-2489", False, None), ("Ad-3356", False, None)}
+
+
+def test_early_clicks_that_never_meet_a_response_are_dropped_after_their_ttl():
+    j = ImpressionJoiner({}, {}, max_wait_s=10, early_ttl_s=50)
+    j.add_click(click("Ad-2489", True, qid="orphan"), now=0)
+    assert j.expire(now=49) == [] and "orphan" in j.early_clicks
+    assert j.expire(now=50) == [] and j.early_clicks == {}
