@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 from datetime import datetime
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -167,13 +165,10 @@ def _from_clickhouse(args, settings):
 
 
 def _train(args) -> int:
-    import tempfile
-
     from llm_auction.cli import CliError
-    from llm_auction.logs import log_event
-    from llm_auction.models.pctr import export_onnx, load_checkpoint, save_checkpoint
     from llm_auction.schemas.settings import get_settings
-    from llm_auction.trainer.pctr_fit import PctrConfig, PctrTrainer
+    from llm_auction.trainer.pctr_fit import PctrConfig
+    from llm_auction.trainer.pctr_publish import retrain_and_publish
     from llm_auction.trainer.registry import ModelRegistry
 
     s = get_settings()
@@ -182,52 +177,16 @@ def _train(args) -> int:
     df = _from_clickhouse(args, s) if args.from_clickhouse else read_impressions(args.impressions)
     if len(df) == 0:
         raise CliError("no impressions to train on")
-    registry = ModelRegistry(registry_root(args), "pctr")
-    config = PctrConfig(epochs=args.epochs, holdout_fraction=args.holdout, seed=s.seed if args.seed is None else args.seed, progress=not args.quiet)
-    if args.threads is not None:
-        config.threads = args.threads or None  # 0: torch's default
-
-    parent = None if args.cold else registry.latest(promoted_only=True)
-    init_state = None
-    if parent is not None:
-        ckpt = parent.path / "model.pt"
-        if ckpt.exists():
-            init_state = load_checkpoint(ckpt).state_dict()
-        else:
-            log_event(log, "pctr: parent has no torch weights; training from scratch", logging.WARNING, parent=parent.version)
-
+    config = PctrConfig(epochs=args.epochs, holdout_fraction=args.holdout, seed=s.seed if args.seed is None else args.seed, threads=args.threads, progress=not args.quiet)
     encoder, cache, n_cached = _encoder(args, s)
-    trainer = PctrTrainer(config, encoder)
-    data = trainer.prepare(df)
-    encoder.save_cache(cache)
-    try:
-        result = trainer.fit(data, init_state=init_state)
-    except ValueError as e:
-        if init_state is None or "warm start" not in str(e):
-            raise
-        log_event(log, "pctr: parent does not fit this config; training from scratch", logging.WARNING, parent=parent.version, error=str(e))
-        init_state = None
-        result = trainer.fit(data)
-
-    min_auc = args.min_auc if args.min_auc is not None else s.pctr_min_auc
-    auc = result.metrics.get("auc", float("nan"))
-    promoted = bool(auc == auc and auc >= min_auc)
-    metrics = {**result.metrics, "n_holdout": result.n_holdout, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "initial_holdout_loss": result.initial_holdout_loss, **result.timings}
-    with tempfile.TemporaryDirectory(prefix="pctr-export-") as tmp:
-        tmp = Path(tmp)
-        export_onnx(result.net, tmp / "model.onnx", encoder=str(encoder.path))
-        save_checkpoint(result.net, tmp / "model.pt")
-        (tmp / "config.json").write_text(json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8")
-        manifest = registry.publish(
-            {"model.onnx": tmp / "model.onnx", "model.json": tmp / "model.json", "model.pt": tmp / "model.pt", "config.json": tmp / "config.json"},
-            metrics=metrics,
-            parent=parent.version if parent and init_state is not None else None,
-            data_window=result.data_window,
-            promoted=promoted,
-            main="model.onnx",
-            n_train=result.n_train,
-            extra={"warm_start": init_state is not None, "min_auc": min_auc, "encoder": str(encoder.path), "encoder_cache_hits_before": n_cached},
-        )
+    manifest = retrain_and_publish(
+        df, ModelRegistry(registry_root(args), "pctr"), encoder, config,
+        cold=args.cold,
+        min_auc=args.min_auc if args.min_auc is not None else s.pctr_min_auc,
+        promote_margin=s.pctr_promote_margin,
+        extra={"encoder_cache_hits_before": n_cached},
+        encoder_cache=cache,
+    )
     print(json.dumps({**manifest.model_dump(mode="json"), "path": str(manifest.path)}, indent=2))
     return 0
 
