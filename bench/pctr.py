@@ -52,6 +52,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
 from llm_auction.logs import setup_logging  # noqa: E402
 from llm_auction.models.encoder import TextEncoder  # noqa: E402
 from llm_auction.models.pctr import PctrScorer, export_onnx  # noqa: E402
@@ -316,9 +319,7 @@ def main() -> int:
         "goals": {"retrain_s_100k": f"< {GOAL_RETRAIN_S:g}", "onnx_rows_per_s": f">= {GOAL_ONNX_ROWS_PER_S:,}"},
         "goals_met": {"retrain_s_100k": retrain_s < GOAL_RETRAIN_S, "onnx_rows_per_s": onnx_fig["onnx_rows_per_s"] >= GOAL_ONNX_ROWS_PER_S},
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine(),
             "torch_threads_default": torch.get_num_threads(),
             "torch": torch.__version__,
             "loadavg_before": load_before,

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -37,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 
 from llm_auction.infra import ddl, warehouse  # noqa: E402
 from llm_auction.infra.clickhouse import get_client  # noqa: E402
@@ -160,25 +161,14 @@ def _q(t: dict) -> str:
     return f"{t['median_ms']} ms (p95 {t['p95_ms']}, cpu {t['cpu_median_ms']})"
 
 
-def machine(client) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_info(client) -> dict:
+    """bench.common.machine() plus the ClickHouse engine and client versions."""
     import clickhouse_connect
 
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **machine(),
         "clickhouse_version": client.query("SELECT version()").result_rows[0][0],
-        "clickhouse_connect": clickhouse_connect.__version__ if hasattr(clickhouse_connect, "__version__") else "",
+        "clickhouse_connect": getattr(clickhouse_connect, "__version__", ""),
     }
 
 
@@ -269,7 +259,7 @@ def main(argv=None) -> int:
             "optimize_final_s": round(optimize_s, 2),
             "sums_match_python": {"right_after_insert": ok_fresh, "merges_settled": ok_settled, "after_replay": ok_dup, "after_optimize": ok_merged, "sink_batches": ok_sink},
             "backend": url.split(":", 1)[0],
-            "machine": machine(client),
+            "machine": machine_info(client),
             "command": " ".join([".venv/bin/python", "bench/warehouse.py", *(argv if argv is not None else sys.argv[1:])]),
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

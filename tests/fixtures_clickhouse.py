@@ -20,24 +20,9 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from docker_probe import docker_answers
 
 _choice: dict[str, str] = {}
-
-
-def _docker_answers(timeout_s: float = 2.0) -> bool:
-    """True if a Docker engine answers a ping quickly (no socket, no engine: False at once)."""
-    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=int(max(1, timeout_s)))
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
-        return False
 
 
 def _backend() -> str:
@@ -45,7 +30,7 @@ def _backend() -> str:
     if "backend" not in _choice:
         if os.environ.get("LLMA_CLICKHOUSE_URL"):
             _choice["backend"] = "env"
-        elif _docker_answers():
+        elif docker_answers():
             _choice["backend"] = "testcontainers"
         else:
             _choice["backend"] = "chdb"
