@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _limits(k)
     k.set_defaults(handler=_serve, service_name="sink")
 
+    a = ss.add_parser("stream-app", help="responses x clicks -> impressions (ClickHouse), pCTR retraining -> auction.pctr-versions (Faust)")
+    _stream_app_arguments(a)
+
     p = sub.add_parser(
         "replay",
         help="stream the world's queries with fresh bids onto auction.queries",
@@ -55,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for fresh bids (default: LLMA_SEED)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_replay)
+
+
+def _stream_app_arguments(p: argparse.ArgumentParser) -> None:
+    from llm_auction.cli.stream_app import add_arguments  # argparse only; the app loads when run
+
+    add_arguments(p)
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
