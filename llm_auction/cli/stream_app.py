@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="model registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
     p.add_argument("--holdout", type=float, default=None, help="share of queries held out to evaluate each retrain (default 0.1)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs per retrain (default 8, early stopping)")
+    p.add_argument("--patience", type=int, default=None, help="epochs without holdout improvement before stopping early (default 2; small windows learn slowly: try 5)")
     p.set_defaults(handler=run)
 
 
@@ -58,6 +59,8 @@ def run(args) -> int:
         cfg.holdout_fraction = args.holdout
     if args.epochs is not None:
         cfg.epochs = args.epochs
+    if args.patience is not None:
+        cfg.early_stop_patience = args.patience
     app = create_app(s, bootstrap, app_id=args.app_id, topics=topics, partitions=args.partitions, registry_dir=args.registry, pctr_config=cfg)
     rc = run_worker(app, loglevel=s.log_level)
     stats = app.stream_ctx["stats"]

@@ -39,20 +39,23 @@ def marker(ad) -> str:
 
 
 def traffic(world, sim, encoder, n: int, seed: int, prefix: str):
-    """Stored answers naming 1-3 of the query's 8 most relevant candidates (MiniLM cosine, as a
-    responder's picker shows them), at random; clicks from the embedding simulator."""
+    """Stored answers naming 1-3 candidates: half the time among the query's 3 most relevant ads
+    (MiniLM cosine), else among the least relevant half, as a policy that has not learned
+    relevance yet; clicks from the embedding simulator. 80 of the world's queries, mostly one ad:
+    few distinct texts, so MiniLM encodes little."""
     rng = random.Random(seed)
-    recs = list(world.records())
+    recs = list(world.records())[:80]
     ad_vecs = encoder.encode([f"{a.title}: {a.category}" for a in world.ads])
     responses = []
     for i in range(n):
         rec = rng.choice(recs)
         q = world.event(rec, [rng.randint(1, 100) for _ in world.ads], query_id=f"{prefix}-{i}")
-        top = np.argsort(-(ad_vecs @ encoder.encode([q.query])[0]))[:8]
-        shown = [q.candidates[j] for j in top]
+        ranked = np.argsort(-(ad_vecs @ encoder.encode([q.query])[0]))
+        pool = ranked[:3] if rng.random() < 0.5 else ranked[len(ranked) // 2 :]
+        k = rng.choice((1, 1, 1, 2, 2, 3))
+        shown = [q.candidates[j] for j in rng.sample(list(pool), k)]
         q = q.model_copy(update={"candidates": shown})
-        k = rng.choice((1, 1, 2, 2, 3))
-        ads = rng.sample(shown, k)
+        ads = shown
         text = (TEMPLATE_1, TEMPLATE_2, TEMPLATE_3)[k - 1].format(**{f"m{j}": marker(a) for j, a in enumerate(ads)})
         responses.append(
             ResponseEvent(query_id=q.query_id, policy_version="base", query=q, text=text, exposed_ad_ids=[a.ad_id for a in ads], n_ads=k, shown_ad_ids=[a.ad_id for a in shown])
@@ -125,7 +128,7 @@ def read_versions(settings, bootstrap, topic) -> list[PctrVersion]:
         c.seek_to_beginning(tp)
         out, idle = [], 0
         while idle < 3:
-            batch = c.poll(timeout_ms=1000)
+            batch = c.poll(timeout_ms=500)
             recs = [r for rs in batch.values() for r in rs]
             idle = 0 if recs else idle + 1
             out += [decode(r.value, PctrVersion) for r in recs]
@@ -151,7 +154,18 @@ def clickhouse_counts(url: str, app_id: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kafka_bootstrap, fresh_topic, small_world, text_encoder):
+@pytest.fixture
+def encoder(request, text_encoder):
+    """The session's MiniLM with a cache kept between runs (keyed by text hash: never stale)."""
+    cache = request.config.cache.mkdir("llma-stream-app") / "encoder-cache.npz" if getattr(request.config, "cache", None) else None
+    if cache:
+        text_encoder.load_cache(cache)
+    yield text_encoder
+    if cache:
+        text_encoder.save_cache(cache)
+
+
+def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kafka_bootstrap, fresh_topic, small_world, encoder):
     from llm_auction.infra.kafka import make_producer
     from llm_auction.models.pctr import PctrScorer, load_checkpoint
     from llm_auction.models.user_sim import make_user_simulator
@@ -180,15 +194,15 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
         "LLMA_SEED": "7",
     }
     args = ["--app-id", app_id, "--responses-topic", topics["responses"], "--clicks-topic", topics["clicks"], "--versions-topic", topics["versions"],
-            "--dead-letter-topic", topics["dlq"], "--partitions", str(PARTS), "--holdout", "0.2"]
+            "--dead-letter-topic", topics["dlq"], "--partitions", str(PARTS), "--holdout", "0.2", "--epochs", "60", "--patience", "5"]
 
-    sim = make_user_simulator("embedding", seed=11, encoder=text_encoder)
-    phase_a = traffic(small_world, sim, text_encoder, 1000, seed=1, prefix="a")
-    phase_b = traffic(small_world, sim, text_encoder, 300, seed=2, prefix="b")
+    sim = make_user_simulator("embedding", seed=11, encoder=encoder)
+    phase_a = traffic(small_world, sim, encoder, 1000, seed=1, prefix="a")
+    phase_b = traffic(small_world, sim, encoder, 300, seed=2, prefix="b")
     # The worker's encoder starts from this cache (as a deployment keeps <data_dir>/pctr/encoder-cache.npz):
     # the texts are encoded once, here, where the ONNX check needs them anyway.
-    text_encoder.encode(sorted({r.query.query for r, _ in phase_a + phase_b} | {r.text for r, _ in phase_a + phase_b}))
-    text_encoder.save_cache(tmp_path / "data" / "pctr" / "encoder-cache.npz")
+    encoder.encode(sorted({r.query.query for r, _ in phase_a + phase_b} | {r.text for r, _ in phase_a + phase_b}))
+    encoder.save_cache(tmp_path / "data" / "pctr" / "encoder-cache.npz")
     exposed = sum(r.n_ads for r, _ in phase_a + phase_b)
     assert all(len(c) == r.n_ads and all(x.click_probability is not None for x in c) for r, c in phase_a + phase_b)
     producer = make_producer(settings, kafka_bootstrap)
@@ -261,11 +275,11 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
     assert first.event_id == m.event_id() and first.sha256 == m.sha256 and first.onnx_uri == m.artifact_path.resolve().as_uri()
     assert m.extra["source"] == "stream_app" and m.extra["app_id"] == app_id and m.promoted and first.promoted
     # the published ONNX scores as torch does, and ranks phase-B clicks it never trained on
-    scorer = PctrScorer(m.artifact_path, encoder=text_encoder)
+    scorer = PctrScorer(m.artifact_path, encoder=encoder)
     net = load_checkpoint(m.path / "model.pt").eval()
     rows = [(r, c) for r, cs in phase_b for c in cs]
-    q = text_encoder.encode([r.query.query for r, _ in rows])
-    a = text_encoder.encode([r.text for r, _ in rows])
+    q = encoder.encode([r.query.query for r, _ in rows])
+    a = encoder.encode([r.text for r, _ in rows])
     users = [r.query.user.user_id for r, _ in rows]
     ads = [c.ad_id for _, c in rows]
     p_onnx = scorer.score_rows(q, a, users, ads)
@@ -280,16 +294,16 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
                "auc": round(float(auc(y, p_onnx)), 4), "expected_auc": round(expected_auc(p_onnx, truth), 4), "expected_auc_oracle": round(expected_auc(truth, truth), 4),
                "calibration_true": round(float(p_onnx.mean() / truth.mean()), 4)}, "stats1": stats1, "stats2": stats2}
     print(json.dumps(summary))
-    # holdout AUC above a constant predictor (0.5), log loss below the constant's (the holdout has
-    # few clicks at the simulator's ~2% CTR, hence the noise-free check on phase B below)
-    assert met["auc"] > 0.55 and met["log_loss"] < met["log_loss_const"], met
+    # holdout AUC clearly above a constant predictor (0.5), log loss below the constant's (the
+    # holdout has few clicks at the simulator's ~3% CTR, hence also the noise-free check on phase B)
+    assert met["auc"] > 0.65 and met["log_loss"] < met["log_loss_const"], met
     # oracle: the simulator's own probabilities on the same draws, and calibration against them
     assert met["auc"] <= met["oracle_auc"] + 0.05 and 0.33 < met["calibration_ratio"] < 3.0 and met["truth_corr"] > 0.2, met
     assert first.metrics["oracle_auc"] == pytest.approx(met["oracle_auc"])
 
     # Held-out queries (phase B, never trained on): the AUC in expectation over the simulator's
     # clicks (no sampling noise; a constant scores 0.5, the truth about 0.95).
-    assert summary["phase_b"]["expected_auc"] > 0.65, summary
+    assert summary["phase_b"]["expected_auc"] > 0.7, summary
 
 
 def expected_auc(score: np.ndarray, truth: np.ndarray) -> float:
