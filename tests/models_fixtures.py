@@ -10,11 +10,35 @@ well as listing it as a plugin never builds twice.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 _BUILT: dict[str, Path] = {}
+
+INTERESTS = ["coffee", "yoga", "camping", "home cooking", "cats", "running", "travel", "piano"]
+
+
+def make_queries(n: int, seed: int = 1, n_candidates: int = 100) -> list:
+    """``n`` query events over the catalog with random bids (deterministic for a seed)."""
+    from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
+    from llm_auction.schemas.catalog import load_catalog
+
+    rng = random.Random(seed)
+    ads = load_catalog()
+    out = []
+    for i in range(n):
+        interests = rng.sample(INTERESTS, 3)
+        out.append(
+            QueryEvent(
+                query_id=f"tq{seed}-{i}",
+                user=UserProfile(user_id=f"u{i}", info="A 31-year-old teacher living in a small town, single.", interests=interests),
+                query=f"Can you recommend some affordable essentials for {interests[0]}?",
+                candidates=[CandidateAd(**a.model_dump(), bid=rng.randint(1, 100)) for a in rng.sample(ads, n_candidates)],
+            )
+        )
+    return out
 
 
 def build_tiny_once(tmp_path_factory) -> Path:

@@ -75,7 +75,6 @@ _DEMO_ANSWERS = (
     "One well-reviewed option is @{title}@[{ad_id}]. Compare a few choices side by side, and give "
     "yourself a few weeks before buying more.",
 )
-_DEMO_PROFILE = ("An adult user of the assistant.", "{category}")
 # Closes the user turn, as "Your Answer:" closes the paper's template; naming the marker format
 # right before the answer is what made a 135M model insert at all (see the measurements above).
 ANSWER_CUE = "Your Answer (insert a fitting ad as @Ad Title@[Ad ID]):"
@@ -180,8 +179,9 @@ def build_messages(query: QueryEvent, candidates: Sequence[CandidateAd] | None =
     ad = demo.ad if demo is not None else example_ad(query, cands)
     messages = [{"role": "system", "content": system_prompt(cands, ad)}]
     if demo is not None:
-        info, interests = _DEMO_PROFILE
-        messages.append({"role": "user", "content": user_turn(info, [interests.format(category=demo.ad.category)], demo.question)})
+        # The same user asked the demonstration question earlier: with a generic profile there,
+        # SmolLM2 inserted in 6 of 20 answers; with the user's own profile, 10 of 20 (same queries).
+        messages.append({"role": "user", "content": user_turn(query.user.info, query.user.interests, demo.question)})
         messages.append({"role": "assistant", "content": demo.answer})
     messages.append({"role": "user", "content": user_turn(query.user.info, query.user.interests, query.query)})
     return messages

@@ -7,36 +7,16 @@ really change what is served.
 """
 
 import json
-import random
 
 import pytest
 import torch
 
 from llm_auction.auction import allocate
 from llm_auction.models.adllm import SamplingConfig, UnknownPolicy, make_backend
-from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
+from llm_auction.schemas import QueryEvent
 from llm_auction.schemas.catalog import load_catalog
 
-from models_fixtures import tiny_adllm, tiny_model_dir  # noqa: F401  (session fixtures)
-
-INTERESTS = ["coffee", "yoga", "camping", "home cooking", "cats", "running", "travel", "piano"]
-
-
-def make_queries(n: int, seed: int = 1, n_candidates: int = 100) -> list[QueryEvent]:
-    rng = random.Random(seed)
-    ads = load_catalog()
-    out = []
-    for i in range(n):
-        interests = rng.sample(INTERESTS, 3)
-        out.append(
-            QueryEvent(
-                query_id=f"tq{seed}-{i}",
-                user=UserProfile(user_id=f"u{i}", info="A 31-year-old teacher living in a small town, single.", interests=interests),
-                query=f"Can you recommend some affordable essentials for {interests[0]}?",
-                candidates=[CandidateAd(**a.model_dump(), bid=rng.randint(1, 100)) for a in rng.sample(ads, n_candidates)],
-            )
-        )
-    return out
+from models_fixtures import make_queries, tiny_adllm, tiny_model_dir  # noqa: F401  (session fixtures)
 
 
 def valid(text: str, q: QueryEvent) -> bool:
@@ -101,7 +81,7 @@ def steer(model, backend, qs, ad, steps: int = 40, lr: float = 1e-2):
     answer = f"A practical pick here is @{ad.title}@[{ad.ad_id}]. Have fun and keep it simple."
     rows = []
     for p in backend.prompts(qs):
-        prompt = tok(p, add_special_tokens=False).input_ids[-tok.model_max_length :]
+        prompt = tok(p, add_special_tokens=False, verbose=False).input_ids[-tok.model_max_length :]
         target = tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append((prompt + target, len(prompt)))
     ids = torch.tensor([r for r, _ in rows])
@@ -160,7 +140,7 @@ def test_lora_adapter_saved_with_peft_loads_as_a_policy_version(tiny_model_dir, 
         AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
         LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, task_type="CAUSAL_LM"),
     )
-    steer(peft_model, backend, train_qs, target_ad, steps=40, lr=3e-2)
+    steer(peft_model, backend, train_qs, target_ad, steps=40, lr=1e-2)
     peft_model.save_pretrained(str(tmp_path / "lora1"))
     assert (tmp_path / "lora1" / "adapter_config.json").exists()
     backend.load_policy("lora1", str(tmp_path / "lora1"), "lora")

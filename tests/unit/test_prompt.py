@@ -76,6 +76,7 @@ def test_demonstration_exchange_comes_before_the_question_with_one_correct_marke
     msgs = build_messages(q, q.candidates, demo)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[2]["content"] == demo.answer and demo.question in msgs[1]["content"]
+    assert q.user.info in msgs[1]["content"]  # the same user asked the demonstration question
     alloc = allocate(demo.answer, q.candidates)
     assert alloc.exposed == (demo.ad.ad_id,) and not alloc.format_error
     assert demo.ad.category in demo.question
