@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     stream_join_max_wait_s: float = Field(30.0, gt=0, description="Stream app: seconds a response waits for its clicks before missing decisions count as not clicked.")
     stream_flush_rows: int = Field(2000, ge=1, description="Stream app: joined impressions buffered before a ClickHouse insert.")
     stream_flush_interval_s: float = Field(1.0, gt=0, description="Stream app: max seconds a joined impression waits before its batch is inserted.")
+    stream_producer_max_batch_size: int = Field(1, ge=1, description="Stream app: max bytes per producer batch (changelogs). 1: one record per batch, which Tansu needs (its end offsets count batches, and table recovery reads up to them); raise on Apache Kafka.")
 
     def resolved_stream_clickhouse_url(self) -> str:
         return self.stream_clickhouse_url or self.resolved_clickhouse_url()

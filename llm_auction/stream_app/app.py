@@ -166,6 +166,11 @@ def create_app(
         broker_session_timeout=s.kafka_session_timeout_ms / 1000.0,
         broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_ms / 3000.0),
         broker_commit_interval=1.0,
+        # Tansu reports a partition's end offset as the last *batch*'s base offset + 1, so a table
+        # recovering from a changelog written in multi-record batches stops short and loses the
+        # last records (measured: 10 records in one batch -> end offset 1). One record per batch
+        # keeps end offsets exact; on Apache Kafka raise LLMA_STREAM_PRODUCER_MAX_BATCH_SIZE.
+        producer_max_batch_size=s.stream_producer_max_batch_size,
         value_serializer="raw",
         key_serializer="raw",
         processing_guarantee="at_least_once",

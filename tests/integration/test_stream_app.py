@@ -169,7 +169,7 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
     from llm_auction.infra.kafka import make_producer
     from llm_auction.models.pctr import PctrScorer, load_checkpoint
     from llm_auction.models.user_sim import make_user_simulator
-    from llm_auction.trainer.metrics import auc, log_loss
+    from llm_auction.trainer.metrics import auc
     from llm_auction.trainer.registry import ModelRegistry
 
     t_start = time.monotonic()
