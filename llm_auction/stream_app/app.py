@@ -285,7 +285,7 @@ def create_app(
         started()
         await flush()
 
-    @app.timer(s.pctr_retrain_interval_s, name="pctr-retrain")
+    @app.timer(s.pctr_retrain_interval_s, name="pctr-retrain", on_leader=True)  # one retrainer per app, not per worker
     async def retrain_tick():
         if not ready() or runtime["retraining"]:
             return
