@@ -2,7 +2,8 @@
 
 - ``fixtures_kafka``: ``kafka_bootstrap`` (env var, else testcontainers with a Docker engine,
   else the local Tansu broker);
-- ``fixtures_clickhouse``: ``clickhouse_client`` (env var, else testcontainers, else chdb).
+- ``fixtures_clickhouse``: ``clickhouse_client`` (env var, else testcontainers, else chdb);
+- ``models_fixtures``: ``tiny_model_dir`` / ``tiny_adllm`` (the tiny GPT-2, built once per session).
 
 Each plugin adds a line to the pytest header naming the backend it chose.
 """
@@ -13,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = [p for p in ("fixtures_kafka", "fixtures_clickhouse") if os.path.exists(os.path.join(os.path.dirname(__file__), p + ".py"))]
+pytest_plugins = ["fixtures_kafka", "fixtures_clickhouse", "models_fixtures"]
 
 import pytest  # noqa: E402
 

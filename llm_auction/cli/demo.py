@@ -23,7 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "replay test queries through responder -> user simulator -> sink, and print the monitor table."
         ),
     )
-    p.add_argument("--queries", type=int, default=200, help="test queries to replay (default 200)")
+    p.add_argument(
+        "--queries", type=int, default=48,
+        help="test queries to replay (default 48: SmolLM2 answers in about 5-12 s per query on 2 CPU cores; "
+        "with --backend stored thousands take seconds)",
+    )
     p.add_argument("--backend", choices=["transformers", "stored"], help="Ad-LLM backend (default: LLMA_ADLLM_BACKEND)")
     p.add_argument("--model", help="Ad-LLM model folder (default: <data_dir>/models/smollm2, prepared if missing)")
     p.add_argument("--json", action="store_true", help="print the final snapshot as JSON instead of a table")

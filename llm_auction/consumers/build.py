@@ -41,7 +41,10 @@ def open_backend(settings: Settings, model_path: Path | None = None):
     if not Path(path).exists():
         raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
     sampling = SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed)
-    return make_backend(settings.adllm_backend, path, sampling=sampling, batch_size=settings.adllm_batch_size, base_version=settings.policy_version)
+    return make_backend(
+        settings.adllm_backend, path, sampling=sampling, batch_size=settings.adllm_batch_size,
+        base_version=settings.policy_version, num_threads=settings.adllm_threads,
+    )
 
 
 def candidate_picker(settings: Settings, encoder=None):
