@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from llm_auction.logs import setup_logging  # noqa: E402
+from llm_auction.trainer.pctr_synth import pick_ads  # noqa: E402
 from llm_auction.models.encoder import TextEncoder  # noqa: E402
 from llm_auction.models.pctr import PctrScorer, export_onnx  # noqa: E402
 from llm_auction.schemas.catalog import load_catalog  # noqa: E402
@@ -106,12 +107,7 @@ def simulator_impressions(encoder, n_users: int, target_rows: int, seed: int) ->
     for i, rec in enumerate(records):
         top = np.argsort(-rel[i])[:8]
         for n_answer in range(2):
-            k = int(rng.integers(1, 4))
-            chosen: list[int] = []
-            while len(chosen) < k:
-                j = int(rng.choice(top)) if rng.random() < 0.5 else int(rng.integers(len(ads)))
-                if j not in chosen:
-                    chosen.append(j)
+            chosen = pick_ads(rng, top, len(ads))
             body = list(rng.choice(BODY, size=3, replace=False))
             parts = [INTROS[rng.integers(len(INTROS))].format(q=rec.query)]
             appended = []

@@ -49,6 +49,17 @@ class KnownClickFunction:
     user_bias_sd: float = 0.4
 
 
+
+def pick_ads(rng: np.random.Generator, top: np.ndarray, n_ads: int, max_ads: int = 3) -> list[int]:
+    """1..max_ads distinct ad indices for one answer: each a relevant one (from ``top``) or any ad, at even odds."""
+    k = int(rng.integers(1, max_ads + 1))
+    chosen: list[int] = []
+    while len(chosen) < k:
+        j = int(rng.choice(top)) if rng.random() < 0.5 else int(rng.integers(n_ads))
+        if j not in chosen:
+            chosen.append(j)
+    return chosen
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -102,12 +113,7 @@ def synthetic_impressions(
     for i in range(n_queries):
         top = np.argsort(-rel[i])[:10]
         for n_answer in range(answers_per_query):
-            k = int(rng.integers(1, 4))
-            chosen: list[int] = []
-            while len(chosen) < k:
-                j = int(rng.choice(top)) if rng.random() < 0.5 else int(rng.integers(len(ads)))
-                if j not in chosen:
-                    chosen.append(j)
+            chosen = pick_ads(rng, top, len(ads))
             lead = LEADS[rng.integers(len(LEADS))]
             text = " ".join([lead] + [f"You might like @{ads[j].title}@[{ads[j].ad_id}]." for j in chosen])
             p = _sigmoid(truth.w * (rel[i, chosen] - center) + ad_bias[chosen] + user_bias[q_user[i]] + truth.base)
