@@ -42,7 +42,7 @@ class LocalLoop:
 
     def _wait(self, cond: Callable[[], bool], timeout_s: float, what: str, progress: Callable[[], int] | None = None, total: int | None = None, show: bool = False) -> None:
         deadline = time.monotonic() + timeout_s
-        with tqdm(total=total, desc=what, unit="q", disable=not show, mininterval=1.0) as bar:
+        with tqdm(total=total, desc=what, unit="q", disable=None if show else True, mininterval=1.0) as bar:  # None: hidden off a terminal
             while not cond():
                 self._alive()
                 if time.monotonic() > deadline:

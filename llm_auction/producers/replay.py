@@ -58,7 +58,7 @@ def replay(world: World, producer, cfg: ReplayConfig, progress: bool = True, sto
     total = cfg.limit if cfg.limit is not None else (None if cfg.loop else sum(1 for _ in world.records(cfg.split)))
     start = time.monotonic()
     sent = 0
-    with tqdm(total=total, desc=f"replay {cfg.split or 'all'}", unit="q", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"replay {cfg.split or 'all'}", unit="q", disable=None if progress else True) as bar:  # None: hidden off a terminal
         for ev in replay_events(world, cfg):
             if stop is not None and stop.is_set():
                 break

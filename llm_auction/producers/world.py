@@ -98,7 +98,7 @@ def generate_world(out_dir: Path, spec: WorldSpec = WorldSpec(), progress: bool 
             f.write(ad.model_dump_json() + "\n")
     q = 0
     with (out_dir / "profiles.jsonl").open("w", encoding="utf-8") as fp, (out_dir / "queries.jsonl").open("w", encoding="utf-8") as fq:
-        for i in tqdm(range(spec.n_users), desc="world: users", unit="user", disable=not progress):
+        for i in tqdm(range(spec.n_users), desc="world: users", unit="user", disable=None if progress else True):  # None: hidden off a terminal
             profile = _profile(rng, vocab, i, spec)
             fp.write(profile.model_dump_json() + "\n")
             for text in _queries(rng, vocab, profile, spec.queries_per_user):
