@@ -21,10 +21,8 @@ from llm_auction.trainer.pctr_synth import synthetic_impressions
 
 
 @pytest.fixture(scope="module")
-def encoder(request):
-    from llm_auction.models.encoder import TextEncoder
-
-    enc = TextEncoder()
+def encoder(request, text_encoder):
+    enc = text_encoder  # the session's MiniLM (tests/conftest.py): loaded once, its cache shared
     # Embeddings are keyed by the text's hash, so a cache kept between runs can never be stale.
     cache = request.config.cache.mkdir("llma-pctr") / "encoder-cache.npz" if getattr(request.config, "cache", None) else None
     if cache:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from llm_auction.auction import allocate, reward
-from llm_auction.models.encoder import TextEncoder
 from llm_auction.models.user_sim import UserSimulator, click_event_id, make_user_simulator
 from llm_auction.models.user_sim import examples as ex
 from llm_auction.models.user_sim.embedding import ClickModelConfig, EmbeddingUserSimulator
@@ -24,8 +23,9 @@ CATALOG = {a.ad_id: a for a in load_catalog()}
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return TextEncoder()
+def encoder(text_encoder):
+    """The session's MiniLM (tests/conftest.py): loaded once, its cache shared."""
+    return text_encoder
 
 
 @pytest.fixture(scope="module")
