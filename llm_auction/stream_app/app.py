@@ -249,29 +249,30 @@ def create_app(
         if runtime["buffered"] >= s.stream_flush_rows:
             await flush()  # awaited in the agent: the buffer stays bounded (backpressure)
 
+    async def decoded(event, model, topic: str):
+        """The event's payload as ``model``, or None after dead-lettering it with the reason."""
+        started()
+        try:
+            return decode(event.value, model)
+        except SchemaError as e:
+            await dead_letter(topic, event.value, str(e), event)
+            return None
+
     @app.agent(responses_topic, name="responses")
     async def on_responses(stream):
         async for event in stream.events():
-            started()
-            try:
-                resp = decode(event.value, ResponseEvent)
-            except SchemaError as e:
-                await dead_letter(topics.responses, event.value, str(e), event)
-                continue
-            stats.responses += 1
-            await emit(joiner.add_response(resp, time.time()))
+            resp = await decoded(event, ResponseEvent, topics.responses)
+            if resp is not None:
+                stats.responses += 1
+                await emit(joiner.add_response(resp, time.time()))
 
     @app.agent(clicks_topic, name="clicks")
     async def on_clicks(stream):
         async for event in stream.events():
-            started()
-            try:
-                click = decode(event.value, ClickEvent)
-            except SchemaError as e:
-                await dead_letter(topics.clicks, event.value, str(e), event)
-                continue
-            stats.clicks += 1
-            await emit(joiner.add_click(click, time.time()))
+            click = await decoded(event, ClickEvent, topics.clicks)
+            if click is not None:
+                stats.clicks += 1
+                await emit(joiner.add_click(click, time.time()))
 
     @app.timer(max(0.2, min(1.0, s.stream_join_max_wait_s / 4)), name="join-expiry")
     async def expire_tick():
