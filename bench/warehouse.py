@@ -66,7 +66,7 @@ def make_events(n_clicks: int, seed: int = 7, minutes: int = 60):
         version = "v1" if rng.random() < 0.5 else "v2"
         shown = [c.ad_id for c in cand[:3]]
         responses.append(
-            ResponseEvent(query_id=q.query_id, policy_version=version, query=q, text="an answer with ads", exposed_ad_ids=shown, n_ads=3, format_error=rng.random() < 0.1, ts=ts)
+            ResponseEvent.for_query(query_id=q.query_id, policy_version=version, query=q, text="an answer with ads", exposed_ad_ids=shown, n_ads=3, format_error=rng.random() < 0.1, ts=ts)
         )
         for c in cand[:3]:
             clicks.append(

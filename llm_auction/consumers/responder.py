@@ -85,11 +85,12 @@ class ResponderHandler:
         for q, s, samples in zip(queries, shown, texts):
             text = samples[0]
             alloc = allocate(text, s)
-            resp = ResponseEvent(
+            resp = ResponseEvent.for_query(
+                q,
                 event_id=response_event_id(q.event_id, version),
                 ts=q.ts,
-                query_id=q.query_id, policy_version=version, query=q, text=text,
-                exposed_ad_ids=list(alloc.exposed), n_ads=alloc.n_ads, format_error=alloc.format_error,
+                policy_version=version, text=text,
+                exposed_ad_ids=alloc.exposed, n_ads=alloc.n_ads, format_error=alloc.format_error,
                 format_reasons=list(alloc.reasons), shown_ad_ids=[c.ad_id for c in s], latency_ms=latency_ms,
             )
             out.outputs.append(Output(RESPONSES, q.query_id, resp))

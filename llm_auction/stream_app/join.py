@@ -42,15 +42,14 @@ class Impression:
 
 def response_state(resp: ResponseEvent, now: float) -> dict:
     """What the join keeps of a response (no candidate list: it is large and not needed)."""
-    bids = resp.query.bids()
     return {
         "ts": resp.ts.timestamp(),
         "arrived": now,
         "policy_version": resp.policy_version,
-        "user_id": resp.query.user.user_id,
-        "query": resp.query.query,
+        "user_id": resp.user.user_id,
+        "query": resp.query,
         "text": resp.text,
-        "exposed": {a: bids[a] for a in resp.exposed_ad_ids},
+        "exposed": resp.bids(),
         "decisions": {},
         "truth": {},
     }

@@ -18,7 +18,7 @@ CANDS = [
 
 def _events(version, qid, exposed, clicked, format_error=False):
     q = QueryEvent(query_id=qid, user=UserProfile(user_id="u1", info="x", interests=["tea"]), query="tea?", candidates=CANDS)
-    r = ResponseEvent(query_id=qid, policy_version=version, query=q, text="t", exposed_ad_ids=exposed, n_ads=len(exposed),
+    r = ResponseEvent.for_query(query_id=qid, policy_version=version, query=q, text="t", exposed_ad_ids=exposed, n_ads=len(exposed),
                       format_error=format_error, format_reasons=["x"] if format_error else [], ts=q.ts)
     bids = q.bids()
     c = [ClickEvent(query_id=qid, ad_id=a, clicked=a in clicked, policy_version=version, user_id="u1", bid=bids[a], ts=q.ts) for a in exposed]

@@ -129,7 +129,7 @@ def test_train_from_clickhouse(cli, impressions, clickhouse_client, clickhouse_u
         user = UserProfile(user_id=row["user_id"], info="A synthetic user.", interests=["coffee"])
         cands = [CandidateAd(**ads[a].model_dump(), bid=50) for a in g["ad_id"]]
         q = QueryEvent(query_id=rid, user=user, query=row["query"], candidates=cands, ts=row["ts"])
-        responses.append(ResponseEvent(query_id=rid, policy_version="v0", query=q, text=row["text"], exposed_ad_ids=list(g["ad_id"]), n_ads=len(g), ts=row["ts"]))
+        responses.append(ResponseEvent.for_query(query_id=rid, policy_version="v0", query=q, text=row["text"], exposed_ad_ids=list(g["ad_id"]), n_ads=len(g), ts=row["ts"]))
         for ad, clicked in zip(g["ad_id"], g["clicked"]):
             clicks.append(ClickEvent(query_id=rid, ad_id=ad, clicked=bool(clicked), policy_version="v0", user_id=row["user_id"], bid=50, ts=row["ts"] + timedelta(seconds=5)))
     warehouse.insert_responses(clickhouse_client, responses)

@@ -58,7 +58,7 @@ def traffic(world, sim, encoder, n: int, seed: int, prefix: str):
         ads = shown
         text = (TEMPLATE_1, TEMPLATE_2, TEMPLATE_3)[k - 1].format(**{f"m{j}": marker(a) for j, a in enumerate(ads)})
         responses.append(
-            ResponseEvent(query_id=q.query_id, policy_version="base", query=q, text=text, exposed_ad_ids=[a.ad_id for a in ads], n_ads=k, shown_ad_ids=[a.ad_id for a in shown])
+            ResponseEvent.for_query(query_id=q.query_id, policy_version="base", query=q, text=text, exposed_ad_ids=[a.ad_id for a in ads], n_ads=k, shown_ad_ids=[a.ad_id for a in shown])
         )
     clicks = sim.clicks_batch(responses)
     return list(zip(responses, clicks))
@@ -201,7 +201,7 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
     phase_b = traffic(small_world, sim, encoder, 300, seed=2, prefix="b")
     # The worker's encoder starts from this cache (as a deployment keeps <data_dir>/pctr/encoder-cache.npz):
     # the texts are encoded once, here, where the ONNX check needs them anyway.
-    encoder.encode(sorted({r.query.query for r, _ in phase_a + phase_b} | {r.text for r, _ in phase_a + phase_b}))
+    encoder.encode(sorted({r.query for r, _ in phase_a + phase_b} | {r.text for r, _ in phase_a + phase_b}))
     encoder.save_cache(tmp_path / "data" / "pctr" / "encoder-cache.npz")
     exposed = sum(r.n_ads for r, _ in phase_a + phase_b)
     assert all(len(c) == r.n_ads and all(x.click_probability is not None for x in c) for r, c in phase_a + phase_b)
@@ -278,9 +278,9 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
     scorer = PctrScorer(m.artifact_path, encoder=encoder)
     net = load_checkpoint(m.path / "model.pt").eval()
     rows = [(r, c) for r, cs in phase_b for c in cs]
-    q = encoder.encode([r.query.query for r, _ in rows])
+    q = encoder.encode([r.query for r, _ in rows])
     a = encoder.encode([r.text for r, _ in rows])
-    users = [r.query.user.user_id for r, _ in rows]
+    users = [r.user.user_id for r, _ in rows]
     ads = [c.ad_id for _, c in rows]
     p_onnx = scorer.score_rows(q, a, users, ads)
     with torch.no_grad():

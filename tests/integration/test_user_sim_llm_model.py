@@ -28,7 +28,7 @@ def response(answer, query, profile, eid):
     cands = [CandidateAd(**a.model_dump(), bid=50) for a in load_catalog()]
     q = QueryEvent(query_id=f"q-{eid}", user=profile, query=query, candidates=cands)
     alloc = allocate(answer, q.candidates)
-    return ResponseEvent(event_id=eid, query_id=q.query_id, policy_version="base", query=q, text=answer,
+    return ResponseEvent.for_query(event_id=eid, query_id=q.query_id, policy_version="base", query=q, text=answer,
                          exposed_ad_ids=list(alloc.exposed), n_ads=alloc.n_ads, format_error=alloc.format_error)
 
 

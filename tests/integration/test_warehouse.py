@@ -38,7 +38,7 @@ def make_traffic(n: int = N_RESPONSES):
         cands = ADS[i % 2 :] + ADS[: i % 2]  # two orders, same ads and bids
         q = QueryEvent(query_id=f"q{i}", user=user, query=f"question {i % 97}", candidates=cands, ts=ts)
         exposed = [a.ad_id for a in cands[: 2 * (i % 4)]]
-        r = ResponseEvent(
+        r = ResponseEvent.for_query(
             event_id=f"r{i}", query_id=q.query_id, policy_version=version, query=q, text=f"answer {i}", exposed_ad_ids=exposed,
             n_ads=len(exposed), format_error=i % 7 == 0, format_reasons=["malformed marker"] if i % 7 == 0 else [], shown_ad_ids=exposed, ts=ts,
         )
@@ -173,7 +173,7 @@ def test_revenue_per_minute_since_keeps_the_minute_holding_it(clickhouse_client,
 def test_per_minute_attribution_and_null_ratios(clickhouse_client):
     """A click counts in its own minute; a minute with clicks but no answers has NULL ratios."""
     q = QueryEvent(query_id="qa", user=USERS[0], query="q", candidates=ADS[:2], ts=T0)
-    r = ResponseEvent(event_id="ra", query_id="qa", policy_version="v9", query=q, text="t", exposed_ad_ids=["Ad-0001", "Ad-0002"], n_ads=2, ts=T0 + timedelta(seconds=50))
+    r = ResponseEvent.for_query(event_id="ra", query_id="qa", policy_version="v9", query=q, text="t", exposed_ad_ids=["Ad-0001", "Ad-0002"], n_ads=2, ts=T0 + timedelta(seconds=50))
     c1 = ClickEvent(event_id="ca1", query_id="qa", ad_id="Ad-0001", clicked=True, policy_version="v9", user_id="u0", bid=5, ts=T0 + timedelta(seconds=55))
     c2 = ClickEvent(event_id="ca2", query_id="qa", ad_id="Ad-0002", clicked=True, policy_version="v9", user_id="u0", bid=17, ts=T0 + timedelta(seconds=65))
     warehouse.insert_responses(clickhouse_client, [r])
@@ -190,8 +190,8 @@ def test_per_minute_attribution_and_null_ratios(clickhouse_client):
 def test_impressions_join_one_row_per_exposed_ad(clickhouse_client):
     q1 = QueryEvent(query_id="q1", user=USERS[1], query="which tea?", candidates=ADS[:3], ts=T0)
     q2 = QueryEvent(query_id="q2", user=USERS[2], query="which mug?", candidates=ADS[:3], ts=T0)
-    r1 = ResponseEvent(event_id="r1", query_id="q1", policy_version="v1", query=q1, text="answer one", exposed_ad_ids=["Ad-0002", "Ad-0001"], n_ads=2, ts=T0 + timedelta(seconds=1))
-    r2 = ResponseEvent(event_id="r2", query_id="q2", policy_version="v2", query=q2, text="answer two", exposed_ad_ids=["Ad-0003"], n_ads=1, ts=T0 + timedelta(seconds=2))
+    r1 = ResponseEvent.for_query(event_id="r1", query_id="q1", policy_version="v1", query=q1, text="answer one", exposed_ad_ids=["Ad-0002", "Ad-0001"], n_ads=2, ts=T0 + timedelta(seconds=1))
+    r2 = ResponseEvent.for_query(event_id="r2", query_id="q2", policy_version="v2", query=q2, text="answer two", exposed_ad_ids=["Ad-0003"], n_ads=1, ts=T0 + timedelta(seconds=2))
     clicks = [
         ClickEvent(event_id="k1", query_id="q1", ad_id="Ad-0002", clicked=True, policy_version="v1", user_id="u1", bid=17, ts=T0 + timedelta(seconds=3)),
         ClickEvent(event_id="k2", query_id="q1", ad_id="Ad-0001", clicked=False, policy_version="v1", user_id="u1", bid=5, ts=T0 + timedelta(seconds=3)),

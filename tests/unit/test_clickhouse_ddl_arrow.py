@@ -49,9 +49,9 @@ def test_queries_table_keeps_bids_as_a_map():
     }
 
 
-def test_responses_table_flattens_the_embedded_query():
+def test_responses_table_flattens_the_response():
     q = _query()
-    r = ResponseEvent(
+    r = ResponseEvent.for_query(
         event_id="r-ev", query_id="q1", policy_version="v3", query=q, text="try @Green Tea@[Ad-0001]", exposed_ad_ids=["Ad-0001"], n_ads=1,
         format_error=True, format_reasons=["unknown id Ad-0009"], shown_ad_ids=["Ad-0001"], latency_ms=12.5, ts=T + timedelta(hours=1, minutes=30),
     )

@@ -12,7 +12,7 @@ CANDS = [
 
 def resp(qid="q1", exposed=("Ad-2489", "Ad-3356")):
     q = QueryEvent(query_id=qid, user=UserProfile(user_id="u9", info="x", interests=["tea"]), query="tea?", candidates=CANDS)
-    return ResponseEvent(query_id=qid, policy_version="v1", query=q, text="answer", exposed_ad_ids=list(exposed), n_ads=len(exposed))
+    return ResponseEvent.for_query(query_id=qid, policy_version="v1", query=q, text="answer", exposed_ad_ids=list(exposed), n_ads=len(exposed))
 
 
 def click(ad, clicked, qid="q1"):

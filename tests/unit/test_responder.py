@@ -29,7 +29,8 @@ def test_answer_is_allocated_and_tagged_with_the_policy():
     r = o.event
     assert o.topic == "auction.responses" and o.key == "q1"
     assert r.policy_version == "v7" and r.exposed_ad_ids == ["Ad-2489"] and r.n_ads == 1 and not r.format_error
-    assert r.shown_ad_ids == ["Ad-2489", "Ad-3356"] and r.query.query_id == "q1"
+    assert r.shown_ad_ids == ["Ad-2489", "Ad-3356"] and r.query_id == "q1"
+    assert r.query == query().query and r.user == query().user and r.bids() == {"Ad-2489": query().bids()["Ad-2489"]}
 
 
 def test_redelivered_query_gets_the_same_identity_and_event_time():
@@ -52,6 +53,6 @@ def test_unknown_ad_or_changed_title_is_rejected_not_answered():
 def test_shown_candidates_narrow_what_the_model_sees_and_what_counts():
     pick = lambda q: [c for c in q.candidates if c.ad_id == "Ad-3356"]  # noqa: E731
     (o,) = handle([query()], pick=pick).outputs
-    # the stored answer names the best *shown* ad; the response keeps the full query
+    # the stored answer names the best *shown* ad, and only shown ads can be exposed
     assert o.event.exposed_ad_ids == ["Ad-3356"] and o.event.shown_ad_ids == ["Ad-3356"]
-    assert len(o.event.query.candidates) == 2
+    assert [a.ad_id for a in o.event.exposed_ads] == ["Ad-3356"]

@@ -35,18 +35,18 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == 1
+    assert back == q and back.event_id == q.event_id and back.schema_version == 2
     assert back.bids() == {"Ad-4820": 42}
 
 
 def test_response_must_be_consistent_with_its_query():
     q = _query()
-    r = ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=1)
+    r = ResponseEvent.for_query(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=1)
     assert decode(encode(r), ResponseEvent) == r
     with pytest.raises(ValueError, match="n_ads"):
-        ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=2)
+        ResponseEvent.for_query(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-4820"], n_ads=2)
     with pytest.raises(ValueError, match="not among the candidates"):
-        ResponseEvent(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-6542"], n_ads=1)
+        ResponseEvent.for_query(query_id="q1", policy_version="v0", query=q, text="t", exposed_ad_ids=["Ad-6542"], n_ads=1)
 
 
 @pytest.mark.parametrize(

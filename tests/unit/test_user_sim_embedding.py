@@ -33,11 +33,15 @@ def sim(encoder):
     return EmbeddingUserSimulator(encoder, ClickModelConfig(), seed=11)
 
 
-def make_response(query: str, profile: UserProfile, answer: str, event_id: str = "r-1", qid: str = "q-1") -> ResponseEvent:
+def make_query(query: str, profile: UserProfile, qid: str = "q-1") -> QueryEvent:
     cands = [CandidateAd(**a.model_dump(), bid=1 + i % 100) for i, a in enumerate(CATALOG.values())]
-    q = QueryEvent(query_id=qid, user=profile, query=query, candidates=cands)
+    return QueryEvent(query_id=qid, user=profile, query=query, candidates=cands)
+
+
+def make_response(query: str, profile: UserProfile, answer: str, event_id: str = "r-1", qid: str = "q-1") -> ResponseEvent:
+    q = make_query(query, profile, qid)
     alloc = allocate(answer, q.candidates)
-    return ResponseEvent(
+    return ResponseEvent.for_query(
         event_id=event_id, query_id=qid, policy_version="p0", query=q, text=answer, exposed_ad_ids=list(alloc.exposed),
         n_ads=alloc.n_ads, format_error=alloc.format_error, format_reasons=list(alloc.reasons),
     )
@@ -195,7 +199,7 @@ def test_one_click_event_per_exposed_ad_in_order_with_bid_version_user_and_proba
     r = make_response(ex.TABLE4_QUERY, ex.FAMILY_PROFILE, ex.TABLE4_AUCTION, event_id="r-contract")
     events = sim.clicks(r)
     assert [e.ad_id for e in events] == r.exposed_ad_ids == ["Ad-4064", "Ad-7444"]
-    bids = r.query.bids()
+    bids = make_query(ex.TABLE4_QUERY, ex.FAMILY_PROFILE).bids()
     probs = sim.click_probabilities(r)
     for e in events:
         assert (e.query_id, e.policy_version, e.user_id, e.bid) == (r.query_id, "p0", ex.FAMILY_PROFILE.user_id, bids[e.ad_id])
@@ -243,9 +247,10 @@ def test_single_answer_probability_and_oracle_reward_agree_with_the_response_pat
     single = sim.click_probability(ex.TABLE3_QUERY, ex.FAMILY_PROFILE, CATALOG["Ad-6542"], ex.TABLE3_AUCTION)
     assert single == pytest.approx(probs["Ad-6542"], abs=1e-6)
     assert sim.click_probability(ex.TABLE3_QUERY, ex.FAMILY_PROFILE, CATALOG["Ad-9420"], ex.TABLE3_AUCTION) == 0.0
-    alloc = allocate(r.text, r.query.candidates)
-    assert sim.oracle_reward(r) == pytest.approx(reward(alloc, r.query.bids(), probs))
-    assert sim.answer_probabilities([(r.query, r.text)])[0] == pytest.approx(probs)
+    q = make_query(ex.TABLE3_QUERY, ex.FAMILY_PROFILE)
+    alloc = allocate(r.text, q.candidates)
+    assert sim.oracle_reward(r) == pytest.approx(reward(alloc, q.bids(), probs))
+    assert sim.answer_probabilities([(q, r.text)])[0] == pytest.approx(probs)
 
 
 def test_factory_builds_the_embedding_backend_and_rejects_unknown_names(encoder):

@@ -20,7 +20,7 @@ def response(answer: str, query=ex.TABLE1_QUERY, profile=ex.TABLE1_PROFILE, eid=
     cands = [CandidateAd(**a.model_dump(), bid=10 + i % 90) for i, a in enumerate(load_catalog())]
     q = QueryEvent(query_id=f"q-{eid}", user=profile, query=query, candidates=cands)
     alloc = allocate(answer, q.candidates)
-    return ResponseEvent(event_id=eid, query_id=q.query_id, policy_version="v3", query=q, text=answer,
+    return ResponseEvent.for_query(event_id=eid, query_id=q.query_id, policy_version="v3", query=q, text=answer,
                          exposed_ad_ids=list(alloc.exposed), n_ads=alloc.n_ads, format_error=alloc.format_error)
 
 
@@ -50,7 +50,7 @@ def test_clicks_follow_the_reply_and_events_honour_the_contract():
     sim = LLMUserSimulator(generate_fn=gen, seed=1)
     r = response(ex.TABLE1_ANSWER)
     [e] = sim.clicks(r)
-    assert (e.ad_id, e.clicked, e.bid, e.policy_version, e.user_id) == ("Ad-4820", True, r.query.bids()["Ad-4820"], "v3", "paper-t1")
+    assert (e.ad_id, e.clicked, e.bid, e.policy_version, e.user_id) == ("Ad-4820", True, r.bids()["Ad-4820"], "v3", "paper-t1")
     assert e.click_probability is None and "coffee cup" in e.reason and e.event_id == click_event_id("r1", "Ad-4820")
     assert len(gen.prompts) == 1 and ex.TABLE1_ANSWER in gen.prompts[0]
     assert (sim.n_replies, sim.n_unparseable, sim.n_clicks) == (1, 0, 1)

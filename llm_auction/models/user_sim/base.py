@@ -48,7 +48,7 @@ def click_event_id(response_event_id: str, ad_id: str) -> str:
 
 def build_click_events(response: ResponseEvent, decisions: Mapping[str, Decision]) -> list[ClickEvent]:
     """One ClickEvent per exposed ad, in exposure order; an ad without a decision is not clicked."""
-    bids = response.query.bids()
+    bids = response.bids()
     events = []
     for ad_id in response.exposed_ad_ids:
         d = decisions.get(ad_id) or Decision(False, "no decision for this ad")
@@ -61,7 +61,7 @@ def build_click_events(response: ResponseEvent, decisions: Mapping[str, Decision
                 clicked=bool(d.clicked),
                 reason=d.reason[:500],
                 policy_version=response.policy_version,
-                user_id=response.query.user.user_id,
+                user_id=response.user.user_id,
                 bid=bids[ad_id],
                 click_probability=None if d.probability is None else min(1.0, max(0.0, float(d.probability))),
             )

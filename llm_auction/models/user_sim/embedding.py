@@ -92,8 +92,7 @@ class Scene:
 
     @classmethod
     def from_response(cls, r: ResponseEvent) -> "Scene":
-        ads = tuple(r.query.candidate(a) for a in r.exposed_ad_ids)
-        return cls(r.event_id, r.query.query, r.query.user, r.text, ads, r.format_error)  # type: ignore[arg-type]
+        return cls(r.event_id, r.query, r.user, r.text, tuple(r.exposed_ads), r.format_error)
 
     @classmethod
     def from_answer(cls, query: QueryEvent, text: str) -> "Scene":
@@ -250,7 +249,7 @@ class EmbeddingUserSimulator:
     def oracle_reward(self, response: ResponseEvent, lam: float = 1.0) -> float:
         """Eq. 8 with the simulator's own click probabilities as pCTR: the paper's oracle reward."""
         alloc = Allocation(tuple(response.exposed_ad_ids), response.format_error, tuple(response.format_reasons))
-        return reward(alloc, response.query.bids(), self.click_probabilities(response), lam)
+        return reward(alloc, response.bids(), self.click_probabilities(response), lam)
 
     # ---------- clicks ----------
     def _rng(self, key: str) -> np.random.Generator:

@@ -186,8 +186,7 @@ class LLMUserSimulator:
         self.n_clicks = 0
 
     def prompt(self, response: ResponseEvent) -> str:
-        q = response.query
-        return build_click_prompt(q.query, q.user, response.text, self.demonstration)
+        return build_click_prompt(response.query, response.user, response.text, self.demonstration)
 
     def clicks_batch(self, responses: Sequence[ResponseEvent]) -> list[list[ClickEvent]]:
         t0 = time.perf_counter()
