@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter, indexOf
 from typing import Protocol
 
 from .markers import AdMention, parse_ads
@@ -38,24 +39,57 @@ class Allocation:
         return len(self.exposed)
 
 
-def _titles(candidates: Iterable[CatalogAd] | Mapping[str, str]) -> dict[str, str]:
-    if isinstance(candidates, Mapping):
-        return dict(candidates)
-    return {c.ad_id: c.title for c in candidates}
+_MISSING = object()
+_AD_ID = attrgetter("ad_id")
+
+
+class _Titles:
+    """The candidates' id -> title, looked up only for the ids an answer names.
+
+    ``allocate`` runs once per response on ~100 candidates, and an answer names 0-3 ads: building
+    the whole id -> title dict up front cost as much as parsing the answer. So nothing is built
+    until a well-formed marker needs a title; the first few ids are found by a C-level scan from
+    the end (the last candidate with an id wins, as it would in a dict built from them), and only
+    an answer naming more ads than that pays for the dict, which keeps the worst case bounded.
+    """
+
+    _SCANS = 2  # lookups by scanning before building the dict
+
+    def __init__(self, candidates: Iterable[CatalogAd] | Mapping[str, str]):
+        self._by_id: Mapping[str, str] | None = candidates if isinstance(candidates, Mapping) else None
+        self._cands = candidates
+        self._scans = 0
+
+    def get(self, ad_id: str):
+        """The title of candidate ``ad_id``, or ``_MISSING`` when it is not a candidate."""
+        if self._by_id is None:
+            if not isinstance(self._cands, (list, tuple)):
+                self._cands = tuple(self._cands)  # a one-shot iterable: read it once
+            if self._scans < self._SCANS:
+                self._scans += 1
+                try:
+                    i = indexOf(map(_AD_ID, reversed(self._cands)), ad_id)
+                except ValueError:
+                    return _MISSING
+                return self._cands[-1 - i].title
+            self._by_id = {c.ad_id: c.title for c in self._cands}
+        return self._by_id[ad_id] if ad_id in self._by_id else _MISSING
 
 
 def validate(mentions: Iterable[AdMention], candidates: Iterable[CatalogAd] | Mapping[str, str]) -> Allocation:
     """Check each mention against the candidates (objects with ``ad_id``/``title``, or id->title)."""
-    titles = _titles(candidates)
+    titles = _Titles(candidates)
     exposed: list[str] = []
     reasons: list[str] = []
     for m in mentions:
         if not m.well_formed:
             reasons.append(f"malformed marker at {m.start}: {m.raw!r}")
-        elif m.ad_id not in titles:
+            continue
+        title = titles.get(m.ad_id)
+        if title is _MISSING:
             reasons.append(f"unknown ad id {m.ad_id} at {m.start}")
-        elif m.title is None or m.title.strip() != titles[m.ad_id]:
-            reasons.append(f"title of {m.ad_id} changed at {m.start}: {m.title!r} != {titles[m.ad_id]!r}")
+        elif m.title is None or m.title.strip() != title:
+            reasons.append(f"title of {m.ad_id} changed at {m.start}: {m.title!r} != {title!r}")
         elif m.ad_id not in exposed:
             exposed.append(m.ad_id)
     return Allocation(tuple(exposed), bool(reasons), tuple(reasons))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from itertools import accumulate, chain
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -134,9 +135,31 @@ def queries_table(events: Sequence[QueryEvent]) -> pa.Table:
             pa.array(query, pa.string()),
             pa.array(split, pa.string()),
             pa.array([len(c) for c in cands], pa.uint16()),
-            pa.array([[(a.ad_id, a.bid) for a in c] for c in cands], QUERIES_SCHEMA.field("bids").type),
+            _bids_map(cands),
         ],
     )
+
+
+def _bids_map(cands: Sequence[Sequence]) -> pa.MapArray:
+    """The ``bids`` Map(String, UInt8) column: one map ad_id -> bid per event, in candidate order.
+
+    Built as flat keys + flat values + offsets (``MapArray.from_arrays``) instead of a list of
+    (ad_id, bid) tuples per event for pyarrow to walk: no tuple per candidate (10k garbage objects
+    per 100 events) and no nested-list conversion. The candidates of a freshly decoded batch are
+    mostly out of cache (about 0.7 KB of pydantic objects each), so what costs is touching them,
+    not the bytecode: the one loop below reads both fields of a candidate in a single visit,
+    which measured faster than C-level ``map(attrgetter)`` passes that visit every candidate
+    once per field.
+    """
+    ids: list[str] = []
+    bids = bytearray()  # bids are 1..100 (schemas.events.Bid): one byte each, the UInt8 buffer as is
+    add_id, add_bid = ids.append, bids.append
+    for c in chain.from_iterable(cands):
+        add_id(c.ad_id)
+        add_bid(c.bid)
+    offsets = pa.array(list(accumulate(map(len, cands), initial=0)), pa.int32())
+    items = pa.Array.from_buffers(pa.uint8(), len(bids), [None, pa.py_buffer(bids)])
+    return pa.MapArray.from_arrays(offsets, pa.array(ids, pa.string()), items)
 
 
 _RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "user.user_id", "query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")

@@ -49,6 +49,32 @@ def test_queries_table_keeps_bids_as_a_map():
     }
 
 
+def test_queries_table_bids_map_per_event_in_candidate_order():
+    # bids is built from flat keys/values and offsets: each event's map must hold exactly its own
+    # candidates, in their order, whatever the number of candidates per event.
+    user = UserProfile(user_id="u8", info="cooks", interests=["food"])
+    cands = [
+        CandidateAd(ad_id="Ad-0003", title="Pan", category="home", bid=100),
+        CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=1),
+        CandidateAd(ad_id="Ad-0009", title="Knife", category="home", bid=55),
+    ]
+    second = QueryEvent(event_id="q-ev2", query_id="q2", user=user, query="which pan?", candidates=cands, ts=T)
+    t = warehouse.queries_table([_query(), second])
+    assert t.schema == warehouse.QUERIES_SCHEMA
+    bids = t.column("bids")
+    assert bids.type == pa.map_(pa.string(), pa.uint8())
+    assert bids.to_pylist() == [[("Ad-0001", 42), ("Ad-0002", 7)], [("Ad-0003", 100), ("Ad-0001", 1), ("Ad-0009", 55)]]
+    assert bids.chunk(0).offsets.to_pylist() == [0, 2, 5]
+    assert t.column("n_candidates").to_pylist() == [2, 3]
+    assert t.column("event_id").to_pylist() == ["q-ev", "q-ev2"]
+
+
+def test_queries_table_of_no_events_is_empty_with_the_schema():
+    t = warehouse.queries_table([])
+    assert t.schema == warehouse.QUERIES_SCHEMA and t.num_rows == 0
+    assert t.column("bids").to_pylist() == []
+
+
 def test_responses_table_flattens_the_response():
     q = _query()
     r = ResponseEvent.for_query(

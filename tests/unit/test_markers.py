@@ -4,6 +4,7 @@ import pytest
 
 from llm_auction.auction import allocate, parse_ads, validate
 from llm_auction.schemas.catalog import load_catalog
+from llm_auction.schemas.events import CandidateAd
 
 CATALOG = {a.ad_id: a.title for a in load_catalog()}
 
@@ -126,3 +127,43 @@ def test_mixed_good_and_malformed_keeps_the_good_exposure():
     text = "[@Staid Vitamin B12@\\[Ad-6542\\]](#) and also Ad-4820 cups"
     alloc = allocate(text, CATALOG)
     assert alloc.exposed == ("Ad-6542",) and alloc.format_error and alloc.n_ads == 1
+
+
+def _cands(*pairs):
+    return [CandidateAd(ad_id=i, title=t, category="c", bid=10) for i, t in pairs]
+
+
+@pytest.mark.parametrize("form", [list, tuple, iter, lambda cs: {c.ad_id: c.title for c in cs}])
+def test_candidates_as_objects_iterables_or_mapping_give_the_same_allocation(form):
+    # Five well-formed markers: more than the ids looked up by scanning before the lookup builds
+    # its dict, so both paths count. One changed title, one id that is not a candidate, one repeat.
+    cands = _cands(("Ad-0001", "Green Tea"), ("Ad-0002", "Mug"), ("Ad-0003", "Pan"), ("Ad-0004", "Knife"))
+    text = "@Mug@[Ad-0002], @Green Teas@[Ad-0001], @Pan@[Ad-0009], @Knife@[Ad-0004], again @Mug@[Ad-0002]. Ad-0003"
+    alloc = allocate(text, form(cands))
+    assert alloc.exposed == ("Ad-0002", "Ad-0004")
+    assert alloc.reasons == (
+        "title of Ad-0001 changed at 16: 'Green Teas' != 'Green Tea'",
+        "unknown ad id Ad-0009 at 39",
+        "malformed marker at 95: 'Ad-0003'",
+    )
+
+
+@pytest.mark.parametrize("n_before", [0, 3])  # the id found by scanning, or in the dict built after
+def test_duplicate_candidate_id_takes_the_last_title(n_before):
+    cands = _cands(("Ad-0001", "Old Title"), ("Ad-0002", "Mug"), ("Ad-0001", "New Title"))
+    before = "@Mug@[Ad-0002] " * n_before
+    assert allocate(before + "@New Title@[Ad-0001]", cands).exposed == (("Ad-0002",) if n_before else ()) + ("Ad-0001",)
+    assert allocate(before + "@Old Title@[Ad-0001]", cands).reasons == (f"title of Ad-0001 changed at {15 * n_before}: 'Old Title' != 'New Title'",)
+
+
+def test_stray_and_broken_markers_after_good_ones_keep_their_positions():
+    # The well-formed markers are blanked out before the search for stray ids and broken markers:
+    # the positions and raw text of what is found afterwards must still be those of ``text``.
+    text = "[@Mug@[Ad-0002]](#) and Ad-0007, then @Pan@[Ad-0003 and @Pan@[Ad-0003]."
+    got = [(m.ad_id, m.start, m.end, m.raw, m.well_formed) for m in parse_ads(text)]
+    assert got == [
+        ("Ad-0002", 0, 19, "[@Mug@[Ad-0002]](#)", True),
+        ("Ad-0007", 24, 31, "Ad-0007", False),
+        ("Ad-0003", 38, 51, "@Pan@[Ad-0003", False),  # unclosed: the broken marker swallows its id
+        ("Ad-0003", 56, 70, "@Pan@[Ad-0003]", True),
+    ]
