@@ -8,7 +8,11 @@ generation.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from llm_auction.schemas import QueryEvent
+
+_BID_THEN_ID = attrgetter("bid", "ad_id")  # C-level key: this backend exists to cost nothing
 
 TEMPLATE = "Here is a short, helpful answer to your question. If it helps, @{title}@[{ad_id}] is a good fit for this."
 
@@ -22,7 +26,7 @@ class StoredAnswerBackend:
     def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1) -> list[list[str]]:
         out = []
         for q in queries:
-            best = max(q.candidates, key=lambda c: (c.bid, c.ad_id))
+            best = max(q.candidates, key=_BID_THEN_ID)
             out.append([self.template.format(title=best.title, ad_id=best.ad_id)] * n)
         return out
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+_AD_ID = attrgetter("ad_id")
 
 SCHEMA_VERSION = 2  # 2: responses carry their exposed ads, not the whole query
 
@@ -77,8 +80,7 @@ class QueryEvent(Event):
 
     @model_validator(mode="after")
     def _unique_candidates(self) -> "QueryEvent":
-        ids = [c.ad_id for c in self.candidates]
-        if len(set(ids)) != len(ids):
+        if len(set(map(_AD_ID, self.candidates))) != len(self.candidates):  # one C-level pass: every hop decodes queries
             raise ValueError("candidates: duplicate ad_id")
         return self
 
@@ -131,11 +133,12 @@ class ResponseEvent(Event):
         """
         if fields.setdefault("query_id", query.query_id) != query.query_id:
             raise ValueError("query_id: differs from query.query_id")
-        by_id = {c.ad_id: c for c in query.candidates}
-        unknown = [a for a in exposed_ad_ids if a not in by_id]
+        ids = list(map(_AD_ID, query.candidates))
+        unknown = [a for a in exposed_ad_ids if a not in ids]
         if unknown:
             raise ValueError(f"exposed_ad_ids: not among the candidates: {unknown}")
-        return cls(user=query.user, query=query.query, exposed_ads=[by_id[a] for a in exposed_ad_ids], **fields)
+        exposed = [query.candidates[ids.index(a)] for a in exposed_ad_ids]
+        return cls(user=query.user, query=query.query, exposed_ads=exposed, **fields)
 
     @property
     def exposed_ad_ids(self) -> list[str]:
