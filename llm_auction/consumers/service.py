@@ -173,7 +173,10 @@ class StreamService:
         try:
             while not self.stop.is_set():
                 want = cfg.batch_size - len(pending)
-                polled = self.consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max(want, 1))
+                timeout_ms = cfg.poll_timeout_ms
+                if pending:  # never wait past the open batch's deadline for more records
+                    timeout_ms = max(0, min(timeout_ms, int((first_at + cfg.batch_max_wait_s - time.monotonic()) * 1000)))
+                polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(want, 1))
                 now = time.monotonic()
                 for recs in polled.values():
                     if recs and not pending:

@@ -282,7 +282,10 @@ def consumer_config(settings: Settings, bootstrap: str | None, group_id: str | N
     return (
         client_config(settings, bootstrap)
         | CONSUMER_DEFAULTS
-        | {"group_id": group_id, "session_timeout_ms": session, "heartbeat_interval_ms": max(100, session // 3)}
+        | {
+            "group_id": group_id, "session_timeout_ms": session, "heartbeat_interval_ms": max(100, session // 3),
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        }
         | overrides
     )
 

@@ -120,6 +120,10 @@ def test_consumer_config_follows_settings_and_overrides():
     assert cfg["max_poll_records"] == 50
     assert consumer_config(_settings(), None, "g")["session_timeout_ms"] == 6000  # the Tansu-friendly default
     assert consumer_config(_settings(), None, "g")["max_poll_records"] == 500
+    # the fetch wait bounds a caught-up consumer's delay (kafka-python's own default is 500 ms)
+    assert consumer_config(_settings(), None, "g")["fetch_max_wait_ms"] == 100
+    assert consumer_config(_settings(kafka_fetch_max_wait_ms=10), None, "g")["fetch_max_wait_ms"] == 10
+    assert consumer_config(_settings(kafka_fetch_max_wait_ms=10), None, "g", fetch_max_wait_ms=7)["fetch_max_wait_ms"] == 7
 
 
 def test_producer_config_is_acks_all_idempotent_and_overridable():
