@@ -124,3 +124,23 @@ def test_stop_finishes_the_pending_batch():
     consumer.poll = poll_then_stop
     stats = svc.run()
     assert stats["consumed"] == 3 and len(producer.sent) == 3 and consumer.commits == 1 and consumer.closed
+
+
+def test_an_open_batch_closes_on_its_deadline_not_after_a_full_poll_timeout():
+    recs = [_rec(i, encode(click(i))) for i in range(3)]
+    svc, consumer, producer = _service(recs, batch_size=100, batch_max_wait_s=0.05, poll_timeout_ms=5000)
+    timeouts = []
+    orig = consumer.poll
+
+    def poll(timeout_ms, max_records):
+        if consumer.commits:  # the batch was processed: done
+            svc.stop.set()
+        else:
+            timeouts.append(timeout_ms)
+        return orig(timeout_ms=timeout_ms, max_records=max_records)
+
+    consumer.poll = poll
+    svc.run()
+    assert timeouts[0] == 5000  # nothing pending: the configured wait
+    assert consumer.commits == 1 and len(producer.sent) == 3
+    assert len(timeouts) > 1 and 0 <= max(timeouts[1:]) <= 50  # pending: at most what is left of the batch's 50 ms
