@@ -35,7 +35,7 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == 2
+    assert back == q and back.event_id == q.event_id and back.schema_version == 3
     assert back.bids() == {"Ad-4820": 42}
 
 
@@ -71,7 +71,7 @@ def test_bad_payload_raises_one_line_error_naming_the_field(payload, field):
 
 def test_nested_field_path_is_dotted():
     bad = json.loads(encode(_query()))
-    bad["candidates"][0]["bid"] = 0
+    bad["candidates"][0] = {"ad_id": "Ad-4820", "title": "A cup", "category": "coffee ware", "bid": 0}
     with pytest.raises(SchemaError) as e:
         decode(json.dumps(bad), QueryEvent)
     assert e.value.field == "candidates.0.bid"
@@ -87,3 +87,52 @@ def test_duplicate_candidates_are_rejected():
 def test_naive_timestamps_become_utc():
     c = ClickEvent(query_id="q", ad_id="Ad-1234", clicked=False, policy_version="v", user_id="u", bid=5, ts="2026-01-01T00:00:00")
     assert c.ts.utcoffset().total_seconds() == 0
+
+
+# ---------- candidates on the wire ----------
+def _catalog_query(**over) -> QueryEvent:
+    cands = [CandidateAd(**a.model_dump(), bid=1 + i % 100) for i, a in enumerate(load_catalog())]
+    return _query().model_copy(update={"candidates": over.pop("candidates", cands)})
+
+
+def test_catalog_candidates_travel_as_id_and_bid_and_come_back_whole():
+    q = _catalog_query()
+    raw = encode(q)
+    wire = json.loads(raw)["candidates"]
+    assert wire[0] == ["Ad-4820", 1] and all(type(c) is list and len(c) == 2 for c in wire)
+    assert len(raw) < 2500  # was ~10 KB with titles and categories
+    back = decode(raw, QueryEvent)
+    assert back == q and back.candidates[0].title == "Dutch-imported Oriental Floral Coffee Cup"
+    assert back.bids() == q.bids()
+
+
+def test_candidates_outside_the_catalog_or_with_another_title_travel_whole():
+    odd = CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=9)
+    renamed = CandidateAd(ad_id="Ad-4820", title="Floral Coffee Cup XL", category="coffee ware", bid=3)
+    q = _catalog_query(candidates=[odd, renamed, *_catalog_query().candidates[1:3]])
+    wire = json.loads(encode(q))["candidates"]
+    assert wire[0] == {"ad_id": "Ad-0001", "title": "Green Tea", "category": "tea", "bid": 9}
+    assert wire[1]["title"] == "Floral Coffee Cup XL"  # kept, so the responder can reject it
+    assert type(wire[2]) is list
+    assert decode(encode(q), QueryEvent) == q
+
+
+@pytest.mark.parametrize(
+    "entry, says",
+    [
+        (["ID", 0], "bid must be an integer in 1..100"),
+        (["ID", 101], "bid must be an integer in 1..100"),
+        (["ID", True], "bid must be an integer in 1..100"),
+        (["ID", 5.0], "bid must be an integer in 1..100"),
+        (["Ad-0000", 5], "'Ad-0000' is not a catalog ad id"),
+        (["ID"], "a compact candidate is [ad_id, bid]"),
+        ([["ID"], 5], "is not a catalog ad id"),
+    ],
+)
+def test_a_bad_compact_candidate_is_one_line_naming_it(entry, says):
+    payload = json.loads(encode(_catalog_query()))
+    payload["candidates"][3] = json.loads(json.dumps(entry).replace("ID", load_catalog()[3].ad_id))
+    with pytest.raises(SchemaError) as e:
+        decode(json.dumps(payload), QueryEvent)
+    assert e.value.field == "candidates" and "candidates.3" in str(e.value) and says in str(e.value)
+    assert "\n" not in str(e.value)
