@@ -77,11 +77,12 @@ class QueryEvent(Event):
 
     On the wire a candidate that is a catalog ad (``llm_auction/data/ads.jsonl``: same id, title
     and category) travels as ``[ad_id, bid]``, and decoding restores it from the catalog; any
-    other candidate travels whole. A query's 100 candidates were ~10 KB of JSON and 100 models to
-    validate at every hop that reads queries (responder and sink): the compact form is ~1.9 KB
-    and decodes in half the time (bench/pipeline.py). The catalog is also what the responder
-    checks titles against, so this adds no new source of truth; a compact id the local catalog
-    lacks, or a bid outside 1..100, is a schema error like any other.
+    other candidate travels whole. A query's 100 candidates were ~10 KB of JSON, paid for per
+    byte by the Kafka clients and the broker at every hop that reads queries (responder and
+    sink); the compact form is ~1.9 KB, and the loop's throughput rose by about half
+    (bench/pipeline.py, README). The catalog is also what the responder checks titles against,
+    so this adds no new source of truth; a compact id the local catalog lacks, or a bid outside
+    1..100, is a schema error like any other.
     """
 
     query_id: NonEmpty
