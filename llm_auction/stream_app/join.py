@@ -41,7 +41,7 @@ class Impression:
 
 
 def response_state(resp: ResponseEvent, now: float) -> dict:
-    """What the join keeps of a response (no candidate list: it is large and not needed)."""
+    """What the join keeps of a response: who asked what, the answer, and the exposed ads with their bids."""
     return {
         "ts": resp.ts.timestamp(),
         "arrived": now,
