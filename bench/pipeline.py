@@ -117,8 +117,9 @@ def service_process(name: str, bootstrap: str, data_dir: str, counters, phase, r
     s = _settings(bootstrap, Path(data_dir))
     producer = make_producer(s, bootstrap)
     svc = _build(name, s, producer)
-    svc.config.batch_max_wait_s = SINK_BATCH_MAX_WAIT_S if name == "sink" else BATCH_MAX_WAIT_S
-    svc.config.batch_size = max(svc.config.batch_size, 256)
+    if name != "sink":  # the sink's batching comes from its settings (_settings); the others' is fixed in build
+        svc.config.batch_max_wait_s = BATCH_MAX_WAIT_S
+        svc.config.batch_size = max(svc.config.batch_size, 256)
     svc.hop_ms = deque(maxlen=10_000_000)
     svc.stop = stop
     target = _profiled(svc.run, Path(profile_dir) / f"{name}.prof") if profile_dir else svc.run
