@@ -273,7 +273,7 @@ def topic_partitions(settings: Settings, bootstrap: str | None, topics: Iterable
 
 def producer_config(settings: Settings, bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
     """What :func:`make_producer` passes to ``KafkaProducer`` (without the key serializer)."""
-    return client_config(settings, bootstrap) | PRODUCER_DEFAULTS | overrides
+    return client_config(settings, bootstrap) | PRODUCER_DEFAULTS | {"metrics_enabled": settings.kafka_client_metrics} | overrides
 
 
 def consumer_config(settings: Settings, bootstrap: str | None, group_id: str | None, **overrides: Any) -> dict[str, Any]:
@@ -284,7 +284,7 @@ def consumer_config(settings: Settings, bootstrap: str | None, group_id: str | N
         | CONSUMER_DEFAULTS
         | {
             "group_id": group_id, "session_timeout_ms": session, "heartbeat_interval_ms": max(100, session // 3),
-            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms, "metrics_enabled": settings.kafka_client_metrics,
         }
         | overrides
     )

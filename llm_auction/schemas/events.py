@@ -102,7 +102,7 @@ class QueryEvent(Event):
         try:
             if v and set(map(type, map(_SECOND, v))) == _INT:
                 out = list(map(_compact_cache().get, map(tuple, v)))
-                if None not in out:
+                if all(out):  # not `None not in out`: that calls pydantic's __eq__ per candidate (0.1 ms a query)
                     return out
         except (TypeError, IndexError, KeyError):  # whole candidates, short or unhashable entries
             pass

@@ -132,6 +132,14 @@ def test_producer_config_is_acks_all_idempotent_and_overridable():
     assert cfg["linger_ms"] == 0 and cfg["bootstrap_servers"] == ["k1:9092", "k2:9093"]
 
 
+def test_client_metrics_are_off_unless_asked_for():
+    # kafka-python records sensors on every fetch and record; nothing here reads them
+    for cfg in (producer_config(_settings(), None), consumer_config(_settings(), None, "g")):
+        assert cfg["metrics_enabled"] is False
+    on = _settings(kafka_client_metrics=True)
+    assert producer_config(on, None)["metrics_enabled"] is True and consumer_config(on, None, "g")["metrics_enabled"] is True
+
+
 def test_make_consumer_on_a_refused_port_is_an_infra_error():
     s = _settings(kafka_bootstrap=f"127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
