@@ -99,9 +99,14 @@ class StreamService:
         self.producer = producer
         self.stop = stop or threading.Event()
         self.stats: Counter[str] = Counter()
-        # ms from each record's Kafka timestamp to its batch's commit: queueing + batching +
-        # processing, i.e. the latency this hop adds (bounded; read by benchmarks and health)
+        # Per record, ms from its Kafka timestamp to its batch's commit: the latency this hop
+        # adds (bounded; read by benchmarks and health). It splits into delivery (timestamp ->
+        # returned by poll: the upstream producer's linger, the broker, the fetch) and service
+        # (poll -> commit: batching, processing, produce, flush, commit), kept index-aligned for
+        # records the loop polled, so the two parts can be told apart.
         self.hop_ms: deque[float] = deque(maxlen=200_000)
+        self.delivery_ms: deque[float] = deque(maxlen=200_000)
+        self.service_ms: deque[float] = deque(maxlen=200_000)
         self._lock = threading.Lock()
 
     # -- one batch -------------------------------------------------------------------------
@@ -135,8 +140,11 @@ class StreamService:
                 out.rejected += one.rejected
             return out
 
-    def process(self, records: Sequence[Any]) -> None:
-        """Decode, handle, produce, dead-letter, flush, commit: one batch, at-least-once."""
+    def process(self, records: Sequence[Any], polled_ms: Sequence[float] | None = None) -> None:
+        """Decode, handle, produce, dead-letter, flush, commit: one batch, at-least-once.
+
+        ``polled_ms``: per record, the wall-clock ms when poll returned it (for the latency split).
+        """
         items: list[Item] = []
         for r in records:
             model = self.config.topics.get(r.topic)
@@ -155,6 +163,10 @@ class StreamService:
         self.consumer.commit()
         done_ms = time.time() * 1000.0
         self.hop_ms.extend(done_ms - r.timestamp for r in records if getattr(r, "timestamp", None))
+        if polled_ms is not None:
+            stamped = [(r.timestamp, p) for r, p in zip(records, polled_ms) if getattr(r, "timestamp", None)]
+            self.delivery_ms.extend(p - ts for ts, p in stamped)
+            self.service_ms.extend(done_ms - p for _, p in stamped)
         self._count("consumed", len(records))
         self._count("produced", len(outcome.outputs))
         self._count("batches")
@@ -167,6 +179,7 @@ class StreamService:
             self.consumer.subscribe(list(cfg.topics))
         tune_gc_for_streaming()
         pending: list[Any] = []
+        pending_polled_ms: list[float] = []
         first_at = 0.0
         last_record_at = time.monotonic()
         log_event(log, "service started", service=cfg.name, topics=list(cfg.topics), group=cfg.group_id)
@@ -178,21 +191,23 @@ class StreamService:
                     timeout_ms = max(0, min(timeout_ms, int((first_at + cfg.batch_max_wait_s - time.monotonic()) * 1000)))
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(want, 1))
                 now = time.monotonic()
+                now_ms = time.time() * 1000.0
                 for recs in polled.values():
                     if recs and not pending:
                         first_at = now
                     pending.extend(recs)
+                    pending_polled_ms.extend([now_ms] * len(recs))
                 if polled:
                     last_record_at = now
                 if pending and (len(pending) >= cfg.batch_size or now - first_at >= cfg.batch_max_wait_s):
-                    self.process(pending)
-                    pending = []
+                    self.process(pending, pending_polled_ms)
+                    pending, pending_polled_ms = [], []
                 if max_messages is not None and self.stats["consumed"] >= max_messages:
                     break
                 if idle_timeout_s is not None and not pending and now - last_record_at > idle_timeout_s:
                     break
             if pending:  # graceful stop: finish what was read
-                self.process(pending)
+                self.process(pending, pending_polled_ms)
         finally:
             try:
                 self.consumer.close()

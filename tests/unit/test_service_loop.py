@@ -144,3 +144,27 @@ def test_an_open_batch_closes_on_its_deadline_not_after_a_full_poll_timeout():
     assert timeouts[0] == 5000  # nothing pending: the configured wait
     assert consumer.commits == 1 and len(producer.sent) == 3
     assert len(timeouts) > 1 and 0 <= max(timeouts[1:]) <= 50  # pending: at most what is left of the batch's 50 ms
+
+
+def test_hop_latency_splits_into_delivery_and_service_per_record():
+    import time
+
+    TRec = namedtuple("TRec", "topic partition offset key value timestamp")
+    sent_ms = time.time() * 1000.0 - 40.0  # produced 40 ms before the loop sees them
+    recs = [TRec("in", 0, i, f"q{i}".encode(), encode(click(i)), sent_ms + i) for i in range(6)]
+    svc, consumer, producer = _service(recs, batch_size=3, batch_max_wait_s=5)
+    orig = consumer.poll
+
+    def slow_handle_poll(**kw):  # each poll returns one record; the batch closes at 3
+        time.sleep(0.01)
+        return orig(timeout_ms=kw["timeout_ms"], max_records=1)
+
+    consumer.poll = slow_handle_poll
+    svc.run(max_messages=6)
+    hop, delivery, service = map(list, (svc.hop_ms, svc.delivery_ms, svc.service_ms))
+    assert len(hop) == len(delivery) == len(service) == 6
+    for h, d, s in zip(hop, delivery, service):
+        assert abs(h - (d + s)) < 1e-6
+        assert d >= 40.0 - 6 and s >= 0.0
+    # within a batch of 3 polled 10 ms apart, the first record waited longest in the service
+    assert service[0] > service[2] + 10 and service[3] > service[5] + 10
