@@ -17,7 +17,14 @@ own rate is reported beside it). Three passes over ``--queries`` queries:
    throughput when that is lower, so that the pass measures latency, not a growing queue): per hop, p50/p99 of the time from a record's Kafka
    timestamp to the commit of its batch (the latency that hop adds: delivery, queueing,
    batching, processing, produce and commit). At a rate the loop cannot sustain this is
-   queueing delay, and the table says so.
+   queueing delay, and the table says so. Each record's hop splits into delivery (Kafka
+   timestamp -> returned by poll: upstream linger, broker, fetch) and service (poll -> commit:
+   batching, processing, flush, commit), so what the broker costs and what the code costs are
+   told apart.
+
+Then, with the services stopped, a bare producer and a bare consumer (same client settings, no
+work) send the latency pass's queries through the broker at the same rate: the delivery floor,
+below which no hop's delivery can go on this broker and client.
 
 Afterwards the warehouse is opened and its counts checked against what was sent, so a run
 that lost or doubled events fails instead of reporting a figure.
@@ -51,6 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import machine, table, write_results  # noqa: E402
 
+from llm_auction.consumers.local_loop import is_drained  # noqa: E402
 from llm_auction.infra.broker import LocalBroker  # noqa: E402
 from llm_auction.infra.kafka import ensure_topics, make_producer  # noqa: E402
 from llm_auction.producers.replay import ReplayConfig, replay_events  # noqa: E402
@@ -61,6 +69,7 @@ from llm_auction.schemas.topics import QUERIES  # noqa: E402
 
 HOPS = {"responder": "queries -> responses", "user-sim": "responses -> clicks", "sink": "events -> ClickHouse"}
 STATS = ("consumed", "produced", "dead_lettered")
+SPLIT = ("hop", "delivery", "service")  # per record: hop = delivery (Kafka timestamp -> poll) + service (poll -> commit)
 PHASES = ("warm-up", "throughput", "latency")
 BATCH_MAX_WAIT_S = 0.005  # responder and user simulator: close a batch 5 ms after its first record
 # The sink batches longer: every ClickHouse insert writes a part per table (~10 ms each on chdb
@@ -138,7 +147,8 @@ def service_process(name: str, bootstrap: str, data_dir: str, counters, phase, r
     for i, k in enumerate(STATS):
         counters[i] = svc.stats[k]
     marks["end"] = (len(svc.hop_ms), time.process_time())
-    np.save(Path(out_dir) / f"{name}.npy", np.asarray(svc.hop_ms, dtype=np.float64))
+    for kind in SPLIT:
+        np.save(Path(out_dir) / f"{name}.{kind}.npy", np.asarray(getattr(svc, f"{kind}_ms"), dtype=np.float64))
     (Path(out_dir) / f"{name}.json").write_text(json.dumps(marks))
     producer.close()
 
@@ -167,10 +177,7 @@ class Services:
         return self.counters[name][STATS.index(stat)]
 
     def drained(self, n_queries: int) -> bool:
-        r = self.count("responder", "produced") + self.count("responder", "dead_lettered")
-        u_in, u_out = self.count("user-sim", "consumed"), self.count("user-sim", "produced")
-        k = self.count("sink", "consumed")
-        return r >= n_queries and u_in >= self.count("responder", "produced") and k >= n_queries + self.count("responder", "produced") + u_out
+        return is_drained(n_queries, *({k: self.count(n, k) for k in STATS} for n in HOPS))
 
     def wait_drained(self, n_queries: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -182,19 +189,22 @@ class Services:
                 raise TimeoutError(f"not drained after {timeout_s}s: " + json.dumps({n: list(c) for n, c in self.counters.items()}))
             time.sleep(0.002)
 
-    def close(self) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
-        """Stop the services (graceful: last batch committed); hop latencies and CPU seconds per phase."""
+    def close(self) -> tuple[dict[str, dict[str, dict[str, np.ndarray]]], dict[str, dict[str, float]]]:
+        """Stop the services (graceful: last batch committed); latencies (hop -> kind -> phase ->
+        ms per record, kinds as in ``SPLIT``) and CPU seconds (hop -> phase)."""
         self.stop.set()
         for p in self.procs.values():
             p.join(60)
-        hops, cpu = {}, {}
+        lat, cpu = {}, {}
         for n in HOPS:
-            ms = np.load(self.out_dir / f"{n}.npy")
             marks = json.loads((self.out_dir / f"{n}.json").read_text())
             at = [marks.get(ph, marks["end"]) for ph in PHASES] + [marks["end"]]
-            hops[n] = {ph: ms[at[i][0] : at[i + 1][0]] for i, ph in enumerate(PHASES)}
+            lat[n] = {}
+            for kind in SPLIT:  # the three are index-aligned per record (StreamService)
+                ms = np.load(self.out_dir / f"{n}.{kind}.npy")
+                lat[n][kind] = {ph: ms[at[i][0] : at[i + 1][0]] for i, ph in enumerate(PHASES)}
             cpu[n] = {ph: at[i + 1][1] - at[i][1] for i, ph in enumerate(PHASES)}
-        return hops, cpu
+        return lat, cpu
 
 
 def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None) -> None:
@@ -207,6 +217,56 @@ def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None) -> N
                 time.sleep(delay)
         producer.send(QUERIES, key=key, value=value)
     producer.flush()
+
+
+FLOOR_TOPIC = "bench.delivery-floor"
+
+
+def floor_consumer(bootstrap: str, data_dir: str, n: int, ready, out: str) -> None:
+    """A child process: a bare consumer (the services' settings, no work) recording each record's delivery."""
+    from llm_auction.infra.kafka import make_consumer
+
+    consumer = make_consumer(_settings(bootstrap, Path(data_dir)), bootstrap, "bench-floor", [FLOOR_TOPIC])
+    while not consumer.assignment():
+        consumer.poll(timeout_ms=100)
+    ready.set()
+    ms: list[float] = []
+    deadline = time.monotonic() + 300
+    while len(ms) < n and time.monotonic() < deadline:
+        polled = consumer.poll(timeout_ms=100)
+        now_ms = time.time() * 1000.0
+        for recs in polled.values():
+            ms.extend(now_ms - r.timestamp for r in recs)
+    consumer.close()
+    np.save(out, np.asarray(ms, dtype=np.float64))
+
+
+def delivery_floor(bootstrap: str, tmp: Path, payloads: list[tuple[bytes, bytes]], rate: float) -> np.ndarray:
+    """The broker's own delivery latency at ``rate``: a bare producer (flushed sends, like a
+    service's outputs) and a bare consumer in another process, on a topic like the loop's, with
+    the services stopped. No hop can deliver faster than this on this broker and client."""
+    from llm_auction.schemas.topics import TOPICS, TopicSpec
+
+    s = _settings(bootstrap, tmp)
+    ensure_topics(s, bootstrap, [TopicSpec(FLOOR_TOPIC, TOPICS[QUERIES].partitions, 3_600_000)])
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Event(), tmp / "floor.npy"
+    proc = ctx.Process(target=floor_consumer, args=(bootstrap, str(tmp), len(payloads), ready, str(out)))
+    proc.start()
+    if not ready.wait(120):
+        proc.kill()
+        raise TimeoutError("the delivery-floor consumer did not join")
+    producer = make_producer(s, bootstrap, linger_ms=0)
+    start = time.perf_counter()
+    for i, (key, value) in enumerate(payloads):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(FLOOR_TOPIC, key=key, value=value)
+    producer.flush()
+    producer.close()
+    proc.join(300)
+    return np.load(out)
 
 
 def plumbing(n: int, rate: float | None, tmp: Path, profile_dir: Path | None = None) -> dict:
@@ -238,23 +298,32 @@ def plumbing(n: int, rate: float | None, tmp: Path, profile_dir: Path | None = N
                 cpu_other[ph] = {"load generator (send)": c1 - c0, "broker (Tansu)": sum(broker_proc.cpu_times()[:2]) - b0}
                 print(f"{ph}: {n} queries in {elapsed[ph]:.2f} s", flush=True)
         finally:
-            hops, cpu = services.close()
+            lat, cpu = services.close()
             producer.close()
+        floor = delivery_floor(broker.bootstrap, tmp, passes[2], rate)
     stored = _stored_counts(tmp)
     expected = {"queries": len(PHASES) * n, "responses": len(PHASES) * n, "click_events": int(services.count("user-sim", "produced"))}
     if any(stored[k] != v for k, v in expected.items()):
         raise AssertionError(f"the warehouse holds {stored}, expected {expected}: events were lost or doubled")
-    lat = {h: v["latency"] for h, v in hops.items()}
     achieved = n / elapsed["latency"]
+
+    def pct(q: float, kind: str, phase: str = "latency") -> dict[str, float]:
+        return {h: round(float(np.percentile(v[kind][phase], q)), 2) for h, v in lat.items()}
+
     return {
         "queries": n,
         "elapsed_s": round(elapsed["throughput"], 2),
         "queries_per_s": round(n / elapsed["throughput"], 1),
         "generator_queries_per_s": round(generator_qps, 1),
         "latency_pass": {"target_rate_qps": rate, "achieved_qps": round(achieved, 1)},
-        "hop_p50_ms": {h: round(float(np.percentile(v, 50)), 2) for h, v in lat.items()},
-        "hop_p99_ms": {h: round(float(np.percentile(v, 99)), 2) for h, v in lat.items()},
-        "throughput_pass_hop_p99_ms": {h: round(float(np.percentile(v["throughput"], 99)), 2) for h, v in hops.items()},
+        "hop_p50_ms": pct(50, "hop"),
+        "hop_p99_ms": pct(99, "hop"),
+        "delivery_p50_ms": pct(50, "delivery"),
+        "delivery_p99_ms": pct(99, "delivery"),
+        "service_p50_ms": pct(50, "service"),
+        "service_p99_ms": pct(99, "service"),
+        "delivery_floor_ms": {"p50": round(float(np.percentile(floor, 50)), 2), "p99": round(float(np.percentile(floor, 99)), 2), "records": int(len(floor))},
+        "throughput_pass_hop_p99_ms": pct(99, "hop", "throughput"),
         "cpu_ms_per_query": {h: round(1000 * c / n, 3) for h, c in ({h: c["throughput"] for h, c in cpu.items()} | cpu_other["throughput"]).items()},
         "warehouse_rows": stored,
     }
@@ -321,6 +390,9 @@ def main(argv=None) -> int:
     ]
     for h in HOPS:
         rows.append((f"hop {h} ({HOPS[h]}) p50 / p99", f"{p['hop_p50_ms'][h]} / {p['hop_p99_ms'][h]} ms", "p99 < 5 ms"))
+        rows.append(("  of which delivery (Kafka timestamp -> poll) / service (poll -> commit), p99", f"{p['delivery_p99_ms'][h]} / {p['service_p99_ms'][h]} ms", ""))
+    fl = p["delivery_floor_ms"]
+    rows.append(("delivery floor: bare producer -> bare consumer on this broker, same rate, p50 / p99", f"{fl['p50']} / {fl['p99']} ms", ""))
     for name, sec in g.items():
         rows.append((f"generation s/query ({name})", f"{sec}", f"plumbing share {plumbing_s / (plumbing_s + sec):.2%}"))
     print(table(rows))

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from .service import StreamService, run_in_threads
+
+
+def is_drained(n_queries: int, responder: Mapping[str, float], clicker: Mapping[str, float], sink: Mapping[str, float], extra_sink_events: int = 0) -> bool:
+    """The loop's quiet rule, from the services' counters (``stats``): every query answered or
+    dead-lettered, every response's clicks decided, and every query, response and click stored."""
+    return (
+        responder["produced"] + responder["dead_lettered"] >= n_queries
+        and clicker["consumed"] >= responder["produced"]
+        and sink["consumed"] >= n_queries + responder["produced"] + clicker["produced"] + extra_sink_events
+    )
 
 
 @dataclass
@@ -58,7 +68,7 @@ class LocalLoop:
         r, u, k = self.responder, self.clicker, self.sink
         self._wait(lambda: r.stats["produced"] + r.stats["dead_lettered"] >= n_queries, timeout_s, "answering", lambda: r.stats["produced"], n_queries, show_progress)
         self._wait(lambda: u.stats["consumed"] >= r.stats["produced"], 120, "click decisions")
-        self._wait(lambda: k.stats["consumed"] >= n_queries + r.stats["produced"] + u.stats["produced"] + extra_sink_events, 120, "the warehouse sink")
+        self._wait(lambda: is_drained(n_queries, r.stats, u.stats, k.stats, extra_sink_events), 120, "the warehouse sink")
 
     def close(self, timeout_s: float = 30) -> None:
         self.stop.set()
