@@ -11,8 +11,26 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def python_speed_s(n: int = 5_000_000) -> float:
+    """Seconds for a fixed pure-Python loop (best of 3): the speed of the CPU this run got.
+
+    Shared 2-core VMs of one model differ from day to day (bench/pipeline.py's load generator,
+    the same code, encoded 2,433 queries/s one day and 1,304 another), so a figure without
+    this yardstick, measured beside it, cannot be compared with another run's.
+    """
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        t0, acc = time.perf_counter(), 0
+        for i in range(n):
+            acc += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best, 3)
+
+
 def machine() -> dict:
-    """CPU model, cores, Python, platform and the load average at the time of the run."""
+    """CPU model, cores, Python, platform, the load average, and a CPU-speed yardstick."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -27,6 +45,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python_loop_5m_s": python_speed_s(),
     }
 
 
