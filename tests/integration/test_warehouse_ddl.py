@@ -12,6 +12,7 @@ import pytest
 from llm_auction.infra import ddl, warehouse
 from llm_auction.infra.clickhouse import get_client, parse_url
 from llm_auction.infra.errors import InfraError
+from llm_auction.schemas.events import ClickEvent
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +151,13 @@ def test_a_second_chdb_folder_in_this_process_is_explained(clickhouse_session_cl
         assert again.query("SELECT 1").result_rows == [(1,)]
     finally:
         again.close()
+
+
+def test_inserts_on_an_unmigrated_warehouse_say_what_to_run(clickhouse_client):
+    clickhouse_client.command("DROP DATABASE llm_auction SYNC")
+    click = ClickEvent(query_id="q1", ad_id="Ad-0001", clicked=True, policy_version="v1", user_id="u1", bid=5)
+    with pytest.raises(InfraError) as e:
+        warehouse.insert_clicks(clickhouse_client, [click])
+    msg = str(e.value)
+    assert msg.startswith("cannot insert 1 rows into llm_auction.clicks: the warehouse is not set up (") and msg.endswith("run `llm-auction warehouse migrate`")
+    assert "\n" not in msg
