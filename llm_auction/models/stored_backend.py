@@ -1,6 +1,6 @@
 """An Ad-LLM backend that writes a stored answer instantly: for measuring the plumbing.
 
-The answer names the query's highest-bid shown candidate with a correct marker, so downstream
+The answer names the query's highest-bid shown candidate (the first of equals) with a correct marker, so downstream
 hops (allocation, user simulator, warehouse) do their real work; only the LLM is taken out, so
 that a benchmark of the streaming path measures Kafka, the services and ClickHouse, not
 generation.
@@ -12,7 +12,9 @@ from operator import attrgetter
 
 from llm_auction.schemas import QueryEvent
 
-_BID_THEN_ID = attrgetter("bid", "ad_id")  # C-level key: this backend exists to cost nothing
+# C-level key on one field: this backend exists to cost nothing, and a (bid, ad_id) key built a
+# tuple per candidate (15% of the responder's CPU in bench/pipeline.py). Ties go to the first.
+_BID = attrgetter("bid")
 
 TEMPLATE = "Here is a short, helpful answer to your question. If it helps, @{title}@[{ad_id}] is a good fit for this."
 
@@ -26,7 +28,7 @@ class StoredAnswerBackend:
     def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1) -> list[list[str]]:
         out = []
         for q in queries:
-            best = max(q.candidates, key=_BID_THEN_ID)
+            best = max(q.candidates, key=_BID)
             out.append([self.template.format(title=best.title, ad_id=best.ad_id)] * n)
         return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator, model_validator
 
 _AD_ID = attrgetter("ad_id")
+_FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 _INT = {int}
 
@@ -95,7 +96,9 @@ class QueryEvent(Event):
     @classmethod
     def _from_catalog(cls, v: Any, handler: Any) -> Any:
         if type(v) is not list:
-            return handler(v)
+            out = handler(v)
+            _no_duplicates(map(_AD_ID, out), len(out))
+            return out
         # Fast path in C-level passes (every hop that reads queries runs this): every entry is an
         # [ad_id, bid] pair seen before, so the result is catalog candidates already validated
         # and nothing is left for pydantic to check. The type pass: a JSON true hashes like 1.
@@ -103,10 +106,13 @@ class QueryEvent(Event):
             if v and set(map(type, map(_SECOND, v))) == _INT:
                 out = list(map(_compact_cache().get, map(tuple, v)))
                 if all(out):  # not `None not in out`: that calls pydantic's __eq__ per candidate (0.1 ms a query)
+                    _no_duplicates(map(_FIRST, v), len(v))  # on the fresh pairs, not the (cold) cached models
                     return out
         except (TypeError, IndexError, KeyError):  # whole candidates, short or unhashable entries
             pass
-        return handler([_catalog_candidate(e, i) if type(e) is list else e for i, e in enumerate(v)])
+        out = handler([_catalog_candidate(e, i) if type(e) is list else e for i, e in enumerate(v)])
+        _no_duplicates(map(_AD_ID, out), len(out))
+        return out
 
     @field_serializer("candidates", when_used="json")
     def _to_compact(self, candidates: list[CandidateAd]) -> list:
@@ -117,12 +123,6 @@ class QueryEvent(Event):
             out.append([c.ad_id, c.bid] if a is not None and a.title == c.title and a.category == c.category else c.model_dump())
         return out
 
-    @model_validator(mode="after")
-    def _unique_candidates(self) -> "QueryEvent":
-        if len(set(map(_AD_ID, self.candidates))) != len(self.candidates):  # one C-level pass: every hop decodes queries
-            raise ValueError("candidates: duplicate ad_id")
-        return self
-
     def bids(self) -> dict[str, int]:
         return {c.ad_id: c.bid for c in self.candidates}
 
@@ -131,6 +131,12 @@ class QueryEvent(Event):
             if c.ad_id == ad_id:
                 return c
         return None
+
+
+def _no_duplicates(ad_ids: Iterable[str], n: int) -> None:
+    """A query offers each ad once (one C-level pass: every hop that reads queries runs this)."""
+    if len(set(ad_ids)) != n:
+        raise ValueError("duplicate ad_id")
 
 
 @lru_cache(maxsize=1)

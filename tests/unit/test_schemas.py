@@ -84,6 +84,19 @@ def test_duplicate_candidates_are_rejected():
         decode(json.dumps(q), QueryEvent)
 
 
+def test_duplicates_are_rejected_on_every_decoding_path():
+    odd = CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=9)
+    catalog = _catalog_query()
+    decode(encode(catalog), QueryEvent)  # its compact pairs are now cached: the next decode takes the fast path
+    for q in (catalog, _query().model_copy(update={"candidates": [odd]})):
+        wire = json.loads(encode(q))
+        wire["candidates"].append(wire["candidates"][0])
+        with pytest.raises(SchemaError, match="duplicate ad_id"):
+            decode(json.dumps(wire), QueryEvent)
+    with pytest.raises(ValueError, match="duplicate ad_id"):  # built in Python, not decoded
+        QueryEvent(query_id="q", user=catalog.user, query="q?", candidates=[odd, odd])
+
+
 def test_naive_timestamps_become_utc():
     c = ClickEvent(query_id="q", ad_id="Ad-1234", clicked=False, policy_version="v", user_id="u", bid=5, ts="2026-01-01T00:00:00")
     assert c.ts.utcoffset().total_seconds() == 0
