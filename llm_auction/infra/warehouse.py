@@ -264,22 +264,25 @@ def _insert_chdb(handle, table: str, data: pa.Table) -> None:
     """Insert into the embedded engine by streaming Arrow IPC bytes into ``send_insert``.
 
     clickhouse-connect's ``insert_arrow`` on chdb writes the IPC bytes to a new temporary file
-    and runs ``INSERT ... FROM INFILE``: the file's create, write and unlink cost about 1 ms of
-    CPU per insert on the 2-core bench machine, 3 ms per sink batch (one insert per event
-    table). ``send_insert`` hands the same bytes to the engine in memory; the engine parses the
-    same Arrow and writes the same part. A small insert also runs with ``max_threads = 1``: its
-    pipeline has nothing to share between threads, and the default (one thread per core) spent
-    about 0.4 ms per insert starting and joining pool threads. Measured per sink batch of 110
-    queries (3 inserts, 330 rows), CPU: 18.6 ms (insert_arrow) -> 16.0 (streamed) -> 14.6
-    (streamed, one thread), best of 10. Above ``SINGLE_THREAD_ROWS`` the default stays: on a
-    100k-row insert of responses one thread was 5-7% slower.
+    and runs ``INSERT ... FROM INFILE``; that path cost about 1 ms more CPU per insert than
+    handing the same bytes to ``send_insert`` in memory (measured into a Null table: 3.0 against
+    2.0 ms), 3 ms per sink batch (one insert per event table). The engine parses the same Arrow
+    and writes the same part. A small insert also runs with ``max_threads = 1``: its pipeline
+    has nothing to share between threads, and the default (one thread per core) spent about
+    0.4 ms per insert starting and joining pool threads. Measured per sink batch of 110 queries
+    (3 inserts, 330 rows), CPU: 18.6 ms (insert_arrow) -> 16.0 (streamed) -> 14.6 (streamed,
+    one thread), best of 10. Above ``SINGLE_THREAD_ROWS`` the default stays: on a 100k-row
+    insert of responses one thread was 5-7% slower.
+
+    ``async_insert = 0`` pins what the sink's offset commits rely on (chdb's default is 1): the
+    rows are in a part when ``finish`` returns, not in a buffer flushed later.
     """
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, data.schema) as writer:
         writer.write_table(data)
     payload = sink.getvalue().to_pybytes()
     columns = ", ".join(f"`{name}`" for name in data.column_names)
-    settings = " SETTINGS max_threads = 1" if data.num_rows <= SINGLE_THREAD_ROWS else ""
+    settings = " SETTINGS async_insert = 0" + (", max_threads = 1" if data.num_rows <= SINGLE_THREAD_ROWS else "")
     with handle.lock:
         if handle.conn is None:  # closed by another thread since _chdb_handle looked
             raise RuntimeError("the ClickHouse client has been closed")

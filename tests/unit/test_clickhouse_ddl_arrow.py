@@ -185,11 +185,11 @@ def test_an_embedded_client_streams_the_same_arrow_table(monkeypatch):
     assert fmt == "ArrowStream"
     assert got.equals(warehouse.clicks_table(events))
     columns = ", ".join(f"`{c}`" for c in warehouse.CLICKS_SCHEMA.names)
-    assert sql == f"INSERT INTO llm_auction.clicks ({columns}) SETTINGS max_threads = 1"
+    assert sql == f"INSERT INTO llm_auction.clicks ({columns}) SETTINGS async_insert = 0, max_threads = 1"
     # a large insert keeps the engine's default threads
     monkeypatch.setattr(warehouse, "SINGLE_THREAD_ROWS", 4)
     warehouse.insert_clicks(client, events)
-    assert client._backend._handle.conn.sent[1][0] == f"INSERT INTO llm_auction.clicks ({columns})"
+    assert client._backend._handle.conn.sent[1][0] == f"INSERT INTO llm_auction.clicks ({columns}) SETTINGS async_insert = 0"
 
 
 def test_an_embedded_client_falls_back_when_streaming_is_not_possible():
