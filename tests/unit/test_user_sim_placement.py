@@ -41,3 +41,24 @@ def test_ad_load_measures():
     assert analyze(ex.TABLE1_ANSWER, ["Ad-4820"]).leak_share == 0.0
     missing = analyze("No marker here at all, just a plain answer about tea.", ["Ad-2489"]).placements["Ad-2489"]
     assert not missing.found
+
+
+def test_leak_words_are_found_whatever_the_case_and_script():
+    # ASCII text skips the leak regex when no leak stem is in it; text the regex matches never does
+    for text in ["I INSERTED it.", "Our Sponsor: tea.", "The BIDS are in.", "Candidate AD shown.", "ad_id Ad-1 here."]:
+        assert analyze(text + " Tea is warm and good for you on cold days.", []).leak_share > 0, text
+    # case folding beyond ASCII: the long s and the dotless i match s and i in the leak regex
+    for text in ["Inſerted here, like it or not.", "The bıd was high, like it or not."]:
+        assert analyze(text, []).leak_share > 0, text
+    assert analyze("Already read: a good head start, made for the road.", []).leak_share == 0.0
+
+
+def test_overlapping_mentions_are_masked_once():
+    from llm_auction.models.user_sim.placement import _mask
+
+    text = "abcdefghijklmnop"
+    spans = [(2, 6), (4, 9), (5, 7), (12, 14)]
+    chars = list(text)
+    for s, e in spans:
+        chars[s:e] = " " * (e - s)
+    assert _mask(text, spans) == "".join(chars) and _mask(text, []) == text

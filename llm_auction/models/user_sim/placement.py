@@ -19,14 +19,29 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llm_auction.auction import parse_ads
+from llm_auction.auction import AdMention, parse_ads
 
 _WORD = re.compile(r"[A-Za-z0-9\u4e00-\u9fff]+")
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f](?=\s|$)")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")
 # Text about the insertion itself (instructions leaking into the answer), not about the product.
 _LEAK = re.compile(
     r"\b(?:ads?|advert\w*|sponsor\w*|bids?|bidding|insert(?:ed|ing|ion)?|ad[ _-]?ids?|candidate ads?)\b", re.IGNORECASE
 )
+# Every _LEAK match contains one of these, case aside. On an ASCII text, where ignoring case is just
+# lower(), their absence rules a leak out for 0.4 us instead of the regex's 5 us on a 90-character
+# answer (13 us on 260): a case-insensitive pattern that opens with \b gives the regex engine no
+# first characters to skip ahead to, so it tries every position. Non-ASCII text goes to the regex,
+# whose case folding has non-ASCII equivalents (U+017F for s, U+0131 for i). A long answer usually
+# holds "ad" somewhere ("read", "made") and pays for the regex as before.
+_LEAK_STEMS = ("ad", "bid", "sponsor", "insert")
+
+
+def _may_leak(plain: str) -> bool:
+    if not plain.isascii():
+        return True
+    low = plain.lower()
+    return any(stem in low for stem in _LEAK_STEMS)
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,15 @@ class Layout:
 
 
 def _mask(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    chars = list(text)
-    for s, e in spans:
-        chars[s:e] = " " * (e - s)
-    return "".join(chars)
+    """``text`` with every span blanked to spaces (same length, so positions still match)."""
+    pieces: list[str] = []
+    done = 0
+    for s, e in sorted(spans):  # malformed mentions may overlap a marker: blank each character once
+        if e > done:
+            s = max(s, done)
+            pieces += (text[done:s], " " * (e - s))
+            done = e
+    return "".join(pieces) + text[done:] if pieces else text
 
 
 def _squash(s: str) -> str:
@@ -72,48 +92,60 @@ def _sentence_bounds(masked: str, ls: int, le: int, s: int, e: int) -> tuple[int
 
 
 def analyze(text: str, exposed_ids: Sequence[str], window_chars: int = 240, trailing_min_position: float = 0.75) -> Layout:
-    """Placement of every exposed ad (first well-formed marker naming it) and the answer's ad load."""
+    """Placement of every exposed ad (first well-formed marker naming it) and the answer's ad load.
+
+    This runs once per response in the user-simulator service, so it avoids work the common answer
+    does not need: the squashed text is built once, a test that needs only "is there a word" searches
+    in place instead of slicing and listing words, and the sentence split that measures leak text
+    runs only when the answer has a leak word at all (a sentence holds a match only if the whole
+    text does). Measured on the pipeline benchmark's one-ad answers: 28 us instead of 45 (of which
+    ``parse_ads`` takes 6); 70 instead of 87 on longer multi-ad answers.
+    """
     mentions = parse_ads(text)
     spans = [(m.start, m.end) for m in mentions]
     masked = _mask(text, spans)
     marker_chars = sum(e - s for s, e in spans)
+    plain_text = _squash(masked)
+    all_plain = max(1, len(plain_text))
+    first: dict[str | None, AdMention] = {}  # each ad's first well-formed marker
+    for x in mentions:
+        if x.well_formed:
+            first.setdefault(x.ad_id, x)
 
-    def plain_len(a: int, b: int) -> int:
-        return len(_squash(masked[a:b]))
-
-    all_plain = max(1, plain_len(0, len(masked)))
     placements: dict[str, Placement] = {}
     for ad_id in exposed_ids:
-        m = next((x for x in mentions if x.well_formed and x.ad_id == ad_id), None)
+        m = first.get(ad_id)
         if m is None:
-            placements[ad_id] = Placement(ad_id, _squash(masked)[: 2 * window_chars], False, False, False, 0.5)
+            placements[ad_id] = Placement(ad_id, plain_text[: 2 * window_chars], False, False, False, 0.5)
             continue
         ls = masked.rfind("\n", 0, m.start) + 1
         le = masked.find("\n", m.end)
         le = len(masked) if le < 0 else le
         window = _squash(masked[max(ls, m.start - window_chars) : m.start] + " " + masked[m.end : min(le, m.end + window_chars)])
-        if len(_WORD.findall(window)) < 5 and ls > 0:
+        if ls > 0 and len(_WORD.findall(window)) < 5:
             prev_end = ls - 1
             prev_start = masked.rfind("\n", 0, max(0, prev_end - 1)) + 1
-            while prev_start > 0 and not _WORD.search(masked[prev_start:prev_end]):
+            while prev_start > 0 and not _WORD.search(masked, prev_start, prev_end):
                 prev_end = prev_start - 1
                 prev_start = masked.rfind("\n", 0, max(0, prev_end - 1)) + 1
             window = _squash(masked[max(prev_start, prev_end - window_chars) : prev_end] + " " + window)
         ss, se = _sentence_bounds(masked, ls, le, m.start, m.end)
-        detached = len(_WORD.findall(masked[ss:se])) == 0
-        before = plain_len(0, m.start) / all_plain
-        is_last_line = not _WORD.search(masked[le:])  # only markers (or nothing) follow this line
-        in_first_sentence = _SENTENCE_END.search(masked, ls, m.start) is None
-        trailing = is_last_line and in_first_sentence and plain_len(0, ls) / all_plain >= trailing_min_position
+        detached = _WORD.search(masked, ss, se) is None
+        before = len(_squash(masked[: m.start])) / all_plain
+        trailing = (
+            _WORD.search(masked, le) is None  # the marker's line is the last one with words
+            and _SENTENCE_END.search(masked, ls, m.start) is None  # in its first sentence
+            and len(_squash(masked[:ls])) / all_plain >= trailing_min_position
+        )
         placements[ad_id] = Placement(ad_id, window, detached, trailing, True, before)
 
-    plain_text = _squash(masked)
-    sentences = [s for s in re.split(r"(?<=[.!?\n])\s+", plain_text) if s.strip()]
-    leak_chars = sum(len(s) for s in sentences if _LEAK.search(s))
+    leak_chars = 0
+    if _may_leak(plain_text) and _LEAK.search(plain_text):
+        leak_chars = sum(len(s) for s in _SENTENCE_SPLIT.split(plain_text) if s.strip() and _LEAK.search(s))
     return Layout(
         placements=placements,
         n_words=len(_WORD.findall(masked)),
         ad_char_share=marker_chars / max(1, len(text.strip())),
-        leak_share=leak_chars / max(1, len(plain_text)),
+        leak_share=leak_chars / all_plain,
         n_mentions=len(mentions),
     )
