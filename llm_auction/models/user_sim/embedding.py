@@ -23,8 +23,9 @@ the ``p`` reported.
 
 Because ``p`` is exact, it is the oracle pCTR: ``click_probabilities`` gives the expected CTR of
 every exposed ad, the paper's "LLM-Auction (oracle)" reward, with no sampling noise.
-Draws are per response: the RNG is seeded from ``seed`` and the response's event id, so the same
-response gives the same clicks in any batch and any order.
+Draws are per response: the RNG (numpy's ``default_rng`` stream, computed by :mod:`.rng`) is
+seeded from ``seed`` and the response's event id, so the same response gives the same clicks in
+any batch and any order.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from llm_auction.schemas.catalog import load_catalog
 
 from .base import Decision, build_click_events
 from .placement import Layout, analyze
+from .rng import SeededPCG64
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +290,12 @@ class EmbeddingUserSimulator:
         return reward(alloc, response.bids(), self.click_probabilities(response), lam)
 
     # ---------- clicks ----------
-    def _rng(self, key: str) -> np.random.Generator:
+    def _rng(self, key: str) -> SeededPCG64:
+        """The scene's uniforms: those of ``np.random.default_rng([seed, low, high])``, where low and
+        high are the 32-bit halves of the first 8 bytes of sha256(key), computed without numpy's
+        generator objects (see :mod:`.rng`)."""
         h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-        return np.random.default_rng([self.seed & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32])
+        return SeededPCG64((self.seed & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32))
 
     def draw(self, key: str, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
         """Clicks for one scene: one uniform per group, so at most one click per competing group."""
@@ -300,7 +305,7 @@ class EmbeddingUserSimulator:
         for f in feats:
             groups.setdefault(f.group, []).append(f)
         for g in sorted(groups):
-            u = float(rng.random())
+            u = rng.random()
             acc = 0.0
             chosen = None
             for f in groups[g]:
