@@ -210,6 +210,16 @@ def test_one_click_event_per_exposed_ad_in_order_with_bid_version_user_and_proba
     assert isinstance(sim, UserSimulator)
 
 
+def test_click_event_id_is_the_uuid5_of_response_and_ad():
+    import uuid
+
+    from llm_auction.models.user_sim.base import _CLICK_NS
+
+    pairs = [("eb5014fa-84cc-5c79-b56a-7d8bb4eb282f", "Ad-7499"), ("réponse ü", "Ad-9999")] + [(f"r-{i}", "Ad-0001") for i in range(2000)]
+    for rid, ad in pairs:
+        assert click_event_id(rid, ad) == str(uuid.uuid5(_CLICK_NS, f"{rid}/{ad}"))
+
+
 def test_clicks_are_deterministic_per_response_regardless_of_batch_order(sim, encoder):
     rs = [make_response(ex.TABLE5_QUERY, ex.ELDER_PROFILE, ex.TABLE5_AUCTION_GINSENG, event_id=f"d-{i}") for i in range(60)]
     a = sim.clicks_batch(rs)
