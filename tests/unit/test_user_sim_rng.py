@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llm_auction.models.user_sim.embedding import ClickModelConfig, EmbeddingUserSimulator
-from llm_auction.models.user_sim.rng import SeededPCG64, seed_sequence_words
+from llm_auction.models.user_sim.rng import SeededPCG64, seed_sequence_words, seeded_streams
 
 M32 = 0xFFFFFFFF
 
@@ -44,3 +44,14 @@ def test_simulator_draws_are_those_of_default_rng_seeded_from_seed_and_key():
         rng = sim._rng(key)
         assert [rng.random() for _ in range(3)] == ref.random(3).tolist()
 
+
+@pytest.mark.parametrize("n", [1, 15, 16, 64, 300])
+def test_batched_seeding_gives_the_same_streams(n):
+    rnd = random.Random(n)
+    for width in (1, 3, 4):
+        ents = [[rnd.getrandbits(32) for _ in range(width)] for _ in range(n - 1)] + [[M32] * width]
+        streams = seeded_streams(ents)
+        assert [[s.random() for _ in range(3)] for s in streams] == [np.random.default_rng(e).random(3).tolist() for e in ents]
+    with pytest.raises(ValueError, match="entropies"):
+        seeded_streams([[1, 2, 3, 4, 5]] * 16)
+    assert seeded_streams([]) == []

@@ -45,7 +45,7 @@ from llm_auction.schemas.catalog import load_catalog
 
 from .base import Decision, build_click_events
 from .placement import Layout, analyze
-from .rng import SeededPCG64
+from .rng import SeededPCG64, seeded_streams
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +290,21 @@ class EmbeddingUserSimulator:
         return reward(alloc, response.bids(), self.click_probabilities(response), lam)
 
     # ---------- clicks ----------
+    def _entropy(self, key: str) -> tuple[int, int, int]:
+        h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        return (self.seed & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32)
+
     def _rng(self, key: str) -> SeededPCG64:
         """The scene's uniforms: those of ``np.random.default_rng([seed, low, high])``, where low and
         high are the 32-bit halves of the first 8 bytes of sha256(key), computed without numpy's
         generator objects (see :mod:`.rng`)."""
-        h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-        return SeededPCG64((self.seed & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32))
+        return SeededPCG64(self._entropy(key))
 
     def draw(self, key: str, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
         """Clicks for one scene: one uniform per group, so at most one click per competing group."""
-        rng = self._rng(key)
+        return self._draw(self._rng(key), feats)
+
+    def _draw(self, rng: SeededPCG64, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
         out: dict[str, Decision] = {}
         groups: dict[int, list[AdFeatures]] = {}
         for f in feats:
@@ -320,10 +325,12 @@ class EmbeddingUserSimulator:
         t0 = time.perf_counter()
         scenes = [Scene.from_response(r) for r in responses]
         all_feats = self.explain_scenes(scenes)
+        # each scene's RNG as draw() seeds it, the batch's seeding vectorized (see seeded_streams)
+        rngs = iter(seeded_streams([self._entropy(s.key) for s, feats in zip(scenes, all_feats) if feats]))
         out = []
         n_exp = n_click = 0
-        for r, s, feats in zip(responses, scenes, all_feats):
-            events = build_click_events(r, self.draw(s.key, feats)) if feats else []
+        for r, feats in zip(responses, all_feats):
+            events = build_click_events(r, self._draw(next(rngs), feats)) if feats else []
             n_exp += len(events)
             n_click += sum(e.clicked for e in events)
             out.append(events)

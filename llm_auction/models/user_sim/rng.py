@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 _M32 = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
 _M128 = (1 << 128) - 1
@@ -81,13 +83,22 @@ def seed_sequence_words(entropy: Sequence[int]) -> list[int]:
 class SeededPCG64:
     """The uniforms ``np.random.default_rng(entropy).random()`` draws, one per call.
 
-    ``entropy`` as for :func:`seed_sequence_words` (e.g. ``[seed, low32, high32]``).
+    ``entropy`` as for :func:`seed_sequence_words` (e.g. ``[seed, low32, high32]``); many at once
+    with :func:`seeded_streams`.
     """
 
     __slots__ = ("_state", "_inc")
 
     def __init__(self, entropy: Sequence[int]):
-        w = seed_sequence_words(entropy)
+        self._set_seed(seed_sequence_words(entropy))
+
+    @classmethod
+    def _from_words(cls, words: Sequence[int]) -> "SeededPCG64":
+        rng = cls.__new__(cls)
+        rng._set_seed(words)
+        return rng
+
+    def _set_seed(self, w: Sequence[int]) -> None:
         # pcg64_set_seed: the uint64 pairs (w1 w0, w3 w2) and (w5 w4, w7 w6), high word first
         initstate = w[1] << 96 | w[0] << 64 | w[3] << 32 | w[2]
         initseq = w[5] << 96 | w[4] << 64 | w[7] << 32 | w[6]
@@ -104,4 +115,43 @@ class SeededPCG64:
         return (out >> 11) * (1.0 / 9007199254740992.0)
 
 
-__all__ = ["SeededPCG64", "seed_sequence_words"]
+# Below this many streams, hashing them one by one in Python ints is cheaper: the numpy version is
+# ~170 array operations, ~150 us whatever the batch size (measured break-even: 12-16 streams).
+_VECTOR_MIN = 16
+# the constants as numpy scalars: mixed with Python ints, uint32 arrays would first convert them
+_U32_ENTROPY_HASH = tuple((np.uint32(x), np.uint32(m)) for x, m in _ENTROPY_HASH)
+_U32_STATE_HASH = tuple((np.uint32(x), np.uint32(m)) for x, m in _STATE_HASH)
+_U32_MIX_L, _U32_MIX_R, _U32_16 = np.uint32(_MIX_MULT_L), np.uint32(_MIX_MULT_R), np.uint32(16)
+
+
+def seeded_streams(entropies: Sequence[Sequence[int]]) -> list[SeededPCG64]:
+    """``[SeededPCG64(e) for e in entropies]``, the entropies all of one length.
+
+    A batch's SeedSequence hashing runs as numpy uint32 arithmetic (which wraps around as C's
+    does) on all its entropies at once. Per stream, seeding included: 3.6 us in a batch of 64 (the
+    user-simulator service's batch size), against 12 us one by one.
+    """
+    if len(entropies) < _VECTOR_MIN:
+        return [SeededPCG64(e) for e in entropies]
+    ent = np.array(entropies, dtype=np.int64)
+    if ent.ndim != 2 or ent.shape[1] > _POOL_SIZE or ent.min(initial=0) < 0 or ent.max(initial=0) > _M32:
+        raise ValueError(f"entropies: expected rows of at most {_POOL_SIZE} words in [0, 2**32), got shape {ent.shape}")
+    zeros = np.zeros(len(ent), np.uint32)
+    cols = [ent[:, i].astype(np.uint32) if i < ent.shape[1] else zeros for i in range(_POOL_SIZE)]
+    h = _U32_ENTROPY_HASH
+    pool = []
+    for (x, m), col in zip(h, cols):
+        v = (col ^ x) * m
+        pool.append(v ^ (v >> _U32_16))
+    for (x, m), (src, dst) in zip(h[_POOL_SIZE:], _PAIRS):
+        v = (pool[src] ^ x) * m
+        r = _U32_MIX_L * pool[dst] - _U32_MIX_R * (v ^ (v >> _U32_16))
+        pool[dst] = r ^ (r >> _U32_16)
+    words = []
+    for i, (x, m) in enumerate(_U32_STATE_HASH):
+        v = (pool[i % _POOL_SIZE] ^ x) * m
+        words.append(v ^ (v >> _U32_16))
+    return [SeededPCG64._from_words(w) for w in np.stack(words, axis=1).tolist()]
+
+
+__all__ = ["SeededPCG64", "seed_sequence_words", "seeded_streams"]
