@@ -36,13 +36,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm_auction.infra.warehouse")
 
 CHUNK_ROWS = 1_000_000
-_TS = pa.timestamp("ms", tz="UTC")
+TS = pa.timestamp("ms", tz="UTC")  # every DateTime64(3, 'UTC') column, here and in the stream app's tables
 _STRS = pa.list_(pa.string())
 
 QUERIES_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
-        ("ts", _TS),
+        ("ts", TS),
         ("query_id", pa.string()),
         ("user_id", pa.string()),
         ("query", pa.string()),
@@ -54,7 +54,7 @@ QUERIES_SCHEMA = pa.schema(
 RESPONSES_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
-        ("ts", _TS),
+        ("ts", TS),
         ("query_id", pa.string()),
         ("policy_version", pa.string()),
         ("user_id", pa.string()),
@@ -71,7 +71,7 @@ RESPONSES_SCHEMA = pa.schema(
 CLICKS_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
-        ("ts", _TS),
+        ("ts", TS),
         ("query_id", pa.string()),
         ("ad_id", pa.string()),
         ("clicked", pa.uint8()),
@@ -113,7 +113,7 @@ def _columns(events: Sequence, paths: tuple[str, ...]) -> list[tuple]:
 
 def _ts(values) -> pa.Array:
     # Event ts are aware UTC (schemas.events); the column keeps milliseconds (truncated).
-    return pa.array(values, pa.timestamp("us", tz="UTC")).cast(_TS, safe=False)
+    return pa.array(values, pa.timestamp("us", tz="UTC")).cast(TS, safe=False)
 
 
 def _flag(values) -> pa.Array:

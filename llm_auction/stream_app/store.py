@@ -24,17 +24,16 @@ import pyarrow as pa
 
 from llm_auction.infra.clickhouse import describe_error
 from llm_auction.infra.ddl import DATABASE
-from llm_auction.infra.warehouse import insert_arrow
+from llm_auction.infra.warehouse import TS, insert_arrow
 from llm_auction.stream_app.join import Impression
 
 log = logging.getLogger(__name__)
 
 IMPRESSIONS_TABLE = "stream_impressions"
 VERSIONS_TABLE = "stream_pctr_versions"
-_TS = pa.timestamp("ms", tz="UTC")
 IMPRESSIONS_SCHEMA = pa.schema(
     [
-        ("ts", _TS),
+        ("ts", TS),
         ("query_id", pa.string()),
         ("policy_version", pa.string()),
         ("user_id", pa.string()),
@@ -44,7 +43,7 @@ IMPRESSIONS_SCHEMA = pa.schema(
         ("bid", pa.uint8()),
         ("clicked", pa.uint8()),
         ("click_probability", pa.float64()),
-        ("joined_at", _TS),
+        ("joined_at", TS),
     ]
 )
 
@@ -54,7 +53,7 @@ def impressions_table(rows: Sequence[Impression | dict], joined_at: datetime | N
     dicts = [r.to_dict() if isinstance(r, Impression) else r for r in rows]
     now = int((joined_at or datetime.now(timezone.utc)).timestamp() * 1000)
     cols = {
-        "ts": pa.array([int(round(d["ts"] * 1000)) for d in dicts], pa.int64()).cast(_TS),
+        "ts": pa.array([int(round(d["ts"] * 1000)) for d in dicts], pa.int64()).cast(TS),
         "query_id": pa.array([d["query_id"] for d in dicts], pa.string()),
         "policy_version": pa.array([d["policy_version"] for d in dicts], pa.string()),
         "user_id": pa.array([d["user_id"] for d in dicts], pa.string()),
@@ -64,7 +63,7 @@ def impressions_table(rows: Sequence[Impression | dict], joined_at: datetime | N
         "bid": pa.array([int(d["bid"]) for d in dicts], pa.uint8()),
         "clicked": pa.array([int(bool(d["clicked"])) for d in dicts], pa.uint8()),
         "click_probability": pa.array([d.get("click_probability") for d in dicts], pa.float64()),
-        "joined_at": pa.array([now] * len(dicts), pa.int64()).cast(_TS),
+        "joined_at": pa.array([now] * len(dicts), pa.int64()).cast(TS),
     }
     return pa.Table.from_pydict(cols, schema=IMPRESSIONS_SCHEMA)
 
