@@ -95,22 +95,21 @@ class QueryEvent(Event):
     @field_validator("candidates", mode="wrap")
     @classmethod
     def _from_catalog(cls, v: Any, handler: Any) -> Any:
-        if type(v) is not list:
-            out = handler(v)
-            _no_duplicates(map(_AD_ID, out), len(out))
-            return out
-        # Fast path in C-level passes (every hop that reads queries runs this): every entry is an
-        # [ad_id, bid] pair seen before, so the result is catalog candidates already validated
-        # and nothing is left for pydantic to check. The type pass: a JSON true hashes like 1.
-        try:
-            if v and set(map(type, map(_SECOND, v))) == _INT:
-                out = list(map(_compact_cache().get, map(tuple, v)))
-                if all(out):  # not `None not in out`: that calls pydantic's __eq__ per candidate (0.1 ms a query)
-                    _no_duplicates(map(_FIRST, v), len(v))  # on the fresh pairs, not the (cold) cached models
-                    return out
-        except (TypeError, IndexError, KeyError):  # whole candidates, short or unhashable entries
-            pass
-        out = handler([_catalog_candidate(e, i) if type(e) is list else e for i, e in enumerate(v)])
+        if type(v) is list:
+            # Fast path in C-level passes (every hop that reads queries runs this): every entry is
+            # an [ad_id, bid] pair seen before, so the result is catalog candidates already
+            # validated and nothing is left for pydantic to check. The type pass: a JSON true
+            # hashes like 1.
+            try:
+                if v and set(map(type, map(_SECOND, v))) == _INT:
+                    out = list(map(_compact_cache().get, map(tuple, v)))
+                    if all(out):  # not `None not in out`: that calls pydantic's __eq__ per candidate (0.1 ms a query)
+                        _no_duplicates(map(_FIRST, v), len(v))  # on the fresh pairs, not the (cold) cached models
+                        return out
+            except (TypeError, IndexError, KeyError):  # whole candidates, short or unhashable entries
+                pass
+            v = [_catalog_candidate(e, i) if type(e) is list else e for i, e in enumerate(v)]
+        out = handler(v)
         _no_duplicates(map(_AD_ID, out), len(out))
         return out
 
