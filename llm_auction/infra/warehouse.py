@@ -116,10 +116,15 @@ def _ts(values) -> pa.Array:
     return pa.array(values, pa.timestamp("us", tz="UTC")).cast(TS, safe=False)
 
 
+def _uint8(data: bytes | bytearray) -> pa.Array:
+    """A UInt8 column whose buffer is ``data`` as is: one byte per value, no nulls, no conversion."""
+    return pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)])
+
+
 def _flag(values) -> pa.Array:
     # A bool is an int: bytes() packs the flags into the UInt8 buffer as is (the fields are
     # never None). A bool array cast to uint8 went through a compute kernel: ~80 us a call.
-    return pa.Array.from_buffers(pa.uint8(), len(values), [None, pa.py_buffer(bytes(values))])
+    return _uint8(bytes(values))
 
 
 def _table(schema: pa.Schema, arrays: list) -> pa.Table:
@@ -161,7 +166,7 @@ def _bids_map(cands: Sequence[Sequence]) -> pa.MapArray:
         add_id(c.ad_id)
         add_bid(c.bid)
     offsets = pa.array(list(accumulate(map(len, cands), initial=0)), pa.int32())
-    items = pa.Array.from_buffers(pa.uint8(), len(bids), [None, pa.py_buffer(bids)])
+    items = _uint8(bids)
     return pa.MapArray.from_arrays(offsets, pa.array(ids, pa.string()), items)
 
 
