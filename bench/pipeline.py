@@ -207,15 +207,15 @@ class Services:
         return lat, cpu
 
 
-def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None) -> None:
-    """Send pre-encoded queries, as fast as possible or on a schedule (query i at start + i / rate)."""
+def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None, topic: str = QUERIES) -> None:
+    """Send pre-encoded records, as fast as possible or on a schedule (record i at start + i / rate)."""
     start = time.perf_counter()
     for i, (key, value) in enumerate(payloads):
         if rate:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        producer.send(QUERIES, key=key, value=value)
+        producer.send(topic, key=key, value=value)
     producer.flush()
 
 
@@ -257,13 +257,7 @@ def delivery_floor(bootstrap: str, tmp: Path, payloads: list[tuple[bytes, bytes]
         proc.kill()
         raise TimeoutError("the delivery-floor consumer did not join")
     producer = make_producer(s, bootstrap, linger_ms=0)
-    start = time.perf_counter()
-    for i, (key, value) in enumerate(payloads):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        producer.send(FLOOR_TOPIC, key=key, value=value)
-    producer.flush()
+    send(producer, payloads, rate, FLOOR_TOPIC)
     producer.close()
     proc.join(300)
     return np.load(out)
