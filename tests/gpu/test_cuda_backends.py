@@ -14,8 +14,8 @@ need left padding serve tails of the real prompts of different token lengths ins
 Exact equality of answers is asserted in float32 only (CUDA against CPU, padded batch against
 one query at a time, the prefix-cache path against plain ``generate``): bfloat16 rounds the
 logits, so a near tie can decode differently between two kernel choices. In bfloat16 (what
-``auto`` picks on CUDA) the tests assert placement, shapes, non-empty answers and same-seed
-reproducibility, which do not depend on rounding.
+``auto`` picks on CUDA) the tests assert placement, shapes, non-empty answers (greedy: all;
+sampled: most, since a sample may draw the end token first) and same-seed reproducibility.
 """
 
 from __future__ import annotations
