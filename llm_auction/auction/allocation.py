@@ -51,6 +51,9 @@ class _Titles:
     until a well-formed marker needs a title; the first few ids are found by a C-level scan from
     the end (the last candidate with an id wins, as it would in a dict built from them), and only
     an answer naming more ads than that pays for the dict, which keeps the worst case bounded.
+
+    A sequence that also carries its ids as a tuple ``ad_ids`` (``schemas.Candidates``, ids
+    unique) is searched on that tuple: no candidate object is touched but the one named.
     """
 
     _SCANS = 2  # lookups by scanning before building the dict
@@ -58,10 +61,16 @@ class _Titles:
     def __init__(self, candidates: Iterable[CatalogAd] | Mapping[str, str]):
         self._by_id: Mapping[str, str] | None = candidates if isinstance(candidates, Mapping) else None
         self._cands = candidates
+        self._ids = getattr(candidates, "ad_ids", None) if self._by_id is None else None
         self._scans = 0
 
     def get(self, ad_id: str):
         """The title of candidate ``ad_id``, or ``_MISSING`` when it is not a candidate."""
+        if type(self._ids) is tuple:
+            try:
+                return self._cands[self._ids.index(ad_id)].title
+            except ValueError:
+                return _MISSING
         if self._by_id is None:
             if not isinstance(self._cands, (list, tuple)):
                 self._cands = tuple(self._cands)  # a one-shot iterable: read it once

@@ -8,13 +8,7 @@ generation.
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from llm_auction.schemas import QueryEvent
-
-# C-level key on one field: this backend exists to cost nothing, and a (bid, ad_id) key built a
-# tuple per candidate (15% of the responder's CPU in bench/pipeline.py). Ties go to the first.
-_BID = attrgetter("bid")
 
 TEMPLATE = "Here is a short, helpful answer to your question. If it helps, @{title}@[{ad_id}] is a good fit for this."
 
@@ -28,7 +22,7 @@ class StoredAnswerBackend:
     def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1) -> list[list[str]]:
         out = []
         for q in queries:
-            best = max(q.candidates, key=_BID)
+            best = q.candidates.highest_bid()  # one C-level pass over the bid column
             out.append([self.template.format(title=best.title, ad_id=best.ad_id)] * n)
         return out
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm_auction.schemas import Ad, CandidateAd, QueryEvent, UserProfile
+from llm_auction.schemas.candidates import catalog_ads
 from llm_auction.schemas.catalog import load_catalog
 
 FILES = ("ads.jsonl", "profiles.jsonl", "queries.jsonl")
@@ -135,6 +136,9 @@ class World:
         self.root = root
         self.manifest = json.loads((root / "manifest.json").read_text())
         self.ads = [Ad.model_validate_json(line) for line in (root / "ads.jsonl").read_text().splitlines() if line]
+        catalog = catalog_ads()
+        self._ads_are_catalog = bool(self.ads) and all(catalog.get(a.ad_id) == a for a in self.ads)
+        self._ad_ids = " ".join(a.ad_id for a in self.ads)
         self.profiles = {
             p.user_id: p for p in (UserProfile.model_validate_json(line) for line in (root / "profiles.jsonl").read_text().splitlines() if line)
         }
@@ -155,6 +159,9 @@ class World:
             query_id=query_id or rec.query_id,
             user=self.profiles[rec.user_id],
             query=rec.query,
-            candidates=[CandidateAd(**ad.model_dump(), bid=b) for ad, b in zip(self.ads, bids)],
+            candidates=(
+                {"ad_ids": self._ad_ids, "bids": list(bids)} if self._ads_are_catalog  # the column form: no model per ad
+                else [CandidateAd(**ad.model_dump(), bid=b) for ad, b in zip(self.ads, bids)]
+            ),
             split=rec.split,
         )

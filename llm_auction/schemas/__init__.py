@@ -4,6 +4,7 @@ Imports nothing else of the package, so every layer can depend on it.
 """
 
 from .codec import EVENT_TYPES, SchemaError, decode, encode, to_dict
+from .candidates import Candidates
 from .events import (
     SCHEMA_VERSION,
     Ad,
@@ -21,6 +22,6 @@ from .events import (
 
 __all__ = [
     "SCHEMA_VERSION", "EVENT_TYPES", "SchemaError", "decode", "encode", "to_dict",
-    "Ad", "CandidateAd", "ClickEvent", "DeadLetter", "Event", "PctrVersion", "PolicyVersion",
+    "Ad", "CandidateAd", "Candidates", "ClickEvent", "DeadLetter", "Event", "PctrVersion", "PolicyVersion",
     "QueryEvent", "ResponseEvent", "RolloutEvent", "UserProfile",
 ]

@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-from .events import Ad
+from .ads import Ad
 
 
 @lru_cache(maxsize=1)

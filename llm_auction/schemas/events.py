@@ -8,24 +8,20 @@ the policy that earned it. Models are frozen: an event, once built, is a fact.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
-from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
-_AD_ID = attrgetter("ad_id")
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
-_INT = {int}
+from .ads import AdId, Ad, Bid, CandidateAd, NonEmpty, _Model
+from .candidates import Candidates
 
-SCHEMA_VERSION = 3  # 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid]
+__all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "DeadLetter"]
 
-AdId = Annotated[str, StringConstraints(pattern=r"^Ad-\d{4}$")]
-Bid = Annotated[int, Field(ge=1, le=100)]
-NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+# 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid];
+# 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py).
+SCHEMA_VERSION = 4
 
 
 def _now() -> datetime:
@@ -34,24 +30,6 @@ def _now() -> datetime:
 
 def _uuid() -> str:
     return str(uuid.uuid4())
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Ad(_Model):
-    """A catalog ad: the title is the exact string an answer must reproduce inside a marker."""
-
-    ad_id: AdId
-    title: NonEmpty
-    category: NonEmpty
-
-
-class CandidateAd(Ad):
-    """An ad offered to one query, with the advertiser's bid for it (integers 1..100)."""
-
-    bid: Bid
 
 
 class UserProfile(_Model):
@@ -76,99 +54,32 @@ class Event(_Model):
 class QueryEvent(Event):
     """A user question with the candidate ads and their bids for this query.
 
-    On the wire a candidate that is a catalog ad (``llm_auction/data/ads.jsonl``: same id, title
-    and category) travels as ``[ad_id, bid]``, and decoding restores it from the catalog; any
-    other candidate travels whole. A query's 100 candidates were ~10 KB of JSON, paid for per
-    byte by the Kafka clients and the broker at every hop that reads queries (responder and
-    sink); the compact form is ~1.9 KB, and the loop's throughput rose by about half
-    (bench/pipeline.py, README). The catalog is also what the responder checks titles against,
-    so this adds no new source of truth; a compact id the local catalog lacks, or a bid outside
-    1..100, is a schema error like any other.
+    ``candidates`` is a :class:`~llm_auction.schemas.candidates.Candidates`: a read-only sequence
+    of ``CandidateAd`` held as two columns (ad ids and bids), because catalog ads need no more.
+    Give it a list of models, dicts or ``[ad_id, bid]`` pairs and it is converted and checked (no
+    duplicate ids, compact ids must be catalog ads). On the wire a query of catalog ads is ~1.2 KB
+    instead of ~10 KB with titles; the catalog is also what the responder checks titles against,
+    so this adds no new source of truth.
     """
 
     query_id: NonEmpty
     user: UserProfile
     query: NonEmpty
-    candidates: list[CandidateAd] = Field(min_length=1)
+    candidates: Candidates
     split: Literal["train", "test", "live"] = "live"
 
-    @field_validator("candidates", mode="wrap")
-    @classmethod
-    def _from_catalog(cls, v: Any, handler: Any) -> Any:
-        if type(v) is list:
-            # Fast path in C-level passes (every hop that reads queries runs this): every entry is
-            # an [ad_id, bid] pair seen before, so the result is catalog candidates already
-            # validated and nothing is left for pydantic to check. The type pass: a JSON true
-            # hashes like 1.
-            try:
-                if v and set(map(type, map(_SECOND, v))) == _INT:
-                    out = list(map(_compact_cache().get, map(tuple, v)))
-                    if all(out):  # not `None not in out`: that calls pydantic's __eq__ per candidate (0.1 ms a query)
-                        _no_duplicates(map(_FIRST, v), len(v))  # on the fresh pairs, not the (cold) cached models
-                        return out
-            except (TypeError, IndexError, KeyError):  # whole candidates, short or unhashable entries
-                pass
-            v = [_catalog_candidate(e, i) if type(e) is list else e for i, e in enumerate(v)]
-        out = handler(v)
-        _no_duplicates(map(_AD_ID, out), len(out))
-        return out
-
-    @field_serializer("candidates", when_used="json")
-    def _to_compact(self, candidates: list[CandidateAd]) -> list:
-        ads = _catalog_ads()
-        out: list = []
-        for c in candidates:
-            a = ads.get(c.ad_id)
-            out.append([c.ad_id, c.bid] if a is not None and a.title == c.title and a.category == c.category else c.model_dump())
-        return out
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "QueryEvent":
+        """As pydantic's, but new ``candidates`` are converted and checked (the field is always ``Candidates``)."""
+        if update and "candidates" in update:
+            update = {**update, "candidates": Candidates.of(update["candidates"])}
+        return super().model_copy(update=update, deep=deep)
 
     def bids(self) -> dict[str, int]:
-        return {c.ad_id: c.bid for c in self.candidates}
+        return self.candidates.bid_map()
 
     def candidate(self, ad_id: str) -> CandidateAd | None:
-        for c in self.candidates:
-            if c.ad_id == ad_id:
-                return c
-        return None
-
-
-def _no_duplicates(ad_ids: Iterable[str], n: int) -> None:
-    """A query offers each ad once (one C-level pass: every hop that reads queries runs this)."""
-    if len(set(ad_ids)) != n:
-        raise ValueError("duplicate ad_id")
-
-
-@lru_cache(maxsize=1)
-def _catalog_ads() -> dict[str, Ad]:
-    from .catalog import load_catalog  # at call time: the catalog module builds on this one
-
-    return {a.ad_id: a for a in load_catalog()}
-
-
-@lru_cache(maxsize=1)
-def _compact_cache() -> dict[tuple[str, int], CandidateAd]:
-    """(ad_id, bid) -> the catalog candidate, filled as pairs are seen (at most 100 x 100, frozen and shared)."""
-    return {}
-
-
-def _catalog_candidate(e: list, i: int) -> CandidateAd:
-    """Validate one compact candidate ``[ad_id, bid]`` and restore it from the catalog."""
-    try:
-        if type(e[1]) is int and (c := _compact_cache().get((e[0], e[1]))) is not None and len(e) == 2:
-            return c
-    except (TypeError, IndexError):
-        pass
-    if len(e) != 2:
-        raise ValueError(f"candidates.{i}: a compact candidate is [ad_id, bid], got {len(e)} items")
-    ad_id, bid = e
-    ad = _catalog_ads().get(ad_id) if isinstance(ad_id, str) else None
-    if ad is None:
-        raise ValueError(f"candidates.{i}: {ad_id!r} is not a catalog ad id (send the whole candidate for ads outside the catalog)")
-    if type(bid) is not int or not 1 <= bid <= 100:
-        raise ValueError(f"candidates.{i}: bid must be an integer in 1..100, got {bid!r}")
-    c = CandidateAd(ad_id=ad.ad_id, title=ad.title, category=ad.category, bid=bid)
-    _compact_cache()[(ad_id, bid)] = c
-    return c
+        i = self.candidates.position(ad_id)
+        return None if i < 0 else self.candidates[i]
 
 
 class ResponseEvent(Event):
@@ -210,11 +121,11 @@ class ResponseEvent(Event):
         """
         if fields.setdefault("query_id", query.query_id) != query.query_id:
             raise ValueError("query_id: differs from query.query_id")
-        ids = list(map(_AD_ID, query.candidates))
-        unknown = [a for a in exposed_ad_ids if a not in ids]
-        if unknown:
-            raise ValueError(f"exposed_ad_ids: not among the candidates: {unknown}")
-        exposed = [query.candidates[ids.index(a)] for a in exposed_ad_ids]
+        cands = query.candidates
+        pos = list(map(cands.position, exposed_ad_ids))
+        if -1 in pos:
+            raise ValueError(f"exposed_ad_ids: not among the candidates: {[a for a, i in zip(exposed_ad_ids, pos) if i < 0]}")
+        exposed = list(map(cands.__getitem__, pos))
         return cls(user=query.user, query=query.query, exposed_ads=exposed, **fields)
 
     @property

@@ -1,11 +1,14 @@
 """Event models and the codec: round trips, and one-line errors that name the bad field."""
 
+import copy
 import json
+import pickle
 
 import pytest
 
 from llm_auction.schemas import (
     CandidateAd,
+    Candidates,
     ClickEvent,
     QueryEvent,
     ResponseEvent,
@@ -35,7 +38,7 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == 3
+    assert back == q and back.event_id == q.event_id and back.schema_version == 4
     assert back.bids() == {"Ad-4820": 42}
 
 
@@ -71,26 +74,21 @@ def test_bad_payload_raises_one_line_error_naming_the_field(payload, field):
 
 def test_nested_field_path_is_dotted():
     bad = json.loads(encode(_query()))
-    bad["candidates"][0] = {"ad_id": "Ad-4820", "title": "A cup", "category": "coffee ware", "bid": 0}
+    bad["candidates"] = [{"ad_id": "Ad-4820", "title": "A cup", "category": "coffee ware", "bid": 0}]
     with pytest.raises(SchemaError) as e:
         decode(json.dumps(bad), QueryEvent)
     assert e.value.field == "candidates.0.bid"
 
 
-def test_duplicate_candidates_are_rejected():
-    q = json.loads(encode(_query()))
-    q["candidates"].append(q["candidates"][0])
-    with pytest.raises(SchemaError, match="duplicate"):
-        decode(json.dumps(q), QueryEvent)
-
-
 def test_duplicates_are_rejected_on_every_decoding_path():
     odd = CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=9)
     catalog = _catalog_query()
-    decode(encode(catalog), QueryEvent)  # its compact pairs are now cached: the next decode takes the fast path
-    for q in (catalog, _query().model_copy(update={"candidates": [odd]})):
-        wire = json.loads(encode(q))
-        wire["candidates"].append(wire["candidates"][0])
+    columns = json.loads(encode(catalog))
+    columns["candidates"]["ad_ids"] = columns["candidates"]["ad_ids"].replace(catalog.candidates.ad_ids[1], "Ad-4820")
+    pairs = {**columns, "candidates": [["Ad-4820", 5], ["Ad-4820", 5]]}
+    whole = {**columns, "candidates": [odd.model_dump(), odd.model_dump()]}
+    mixed = {**columns, "candidates": [odd.model_dump(), ["Ad-4820", 5], ["Ad-4820", 7]]}
+    for wire in (columns, pairs, whole, mixed):
         with pytest.raises(SchemaError, match="duplicate ad_id"):
             decode(json.dumps(wire), QueryEvent)
     with pytest.raises(ValueError, match="duplicate ad_id"):  # built in Python, not decoded
@@ -108,26 +106,87 @@ def _catalog_query(**over) -> QueryEvent:
     return _query().model_copy(update={"candidates": over.pop("candidates", cands)})
 
 
-def test_catalog_candidates_travel_as_id_and_bid_and_come_back_whole():
+def test_catalog_candidates_travel_as_two_columns_and_come_back_whole():
     q = _catalog_query()
     raw = encode(q)
     wire = json.loads(raw)["candidates"]
-    assert wire[0] == ["Ad-4820", 1] and all(type(c) is list and len(c) == 2 for c in wire)
-    assert len(raw) < 2500  # was ~10 KB with titles and categories
+    assert wire["ad_ids"].split(" ")[:2] == ["Ad-4820", load_catalog()[1].ad_id] and wire["bids"][:3] == [1, 2, 3]
+    assert len(raw) < 1700  # ~10 KB with titles and categories, ~1.9 KB as [ad_id, bid] pairs
     back = decode(raw, QueryEvent)
     assert back == q and back.candidates[0].title == "Dutch-imported Oriental Floral Coffee Cup"
-    assert back.bids() == q.bids()
+    assert back.bids() == q.bids() and back.candidates.catalog_only
+    assert back.candidates == list(q.candidates) and len(back.candidates) == 100
+
+
+def test_candidates_read_like_the_list_of_models_they_replace():
+    q = _catalog_query()
+    models = [CandidateAd(**a.model_dump(), bid=1 + i % 100) for i, a in enumerate(load_catalog())]
+    c = q.candidates
+    assert list(c) == models and c[5] == models[5] and c[-1] == models[-1]
+    assert c[2:4] == models[2:4] and isinstance(c[2:4], Candidates) and len(c[2:4]) == 2
+    assert [m.bid for m in c] == list(c.bids) and c.ad_ids == tuple(m.ad_id for m in models)
+    assert c.highest_bid() == max(models, key=lambda m: m.bid)  # the first of the highest bids
+    assert q.candidate("Ad-4820") == models[0] and q.candidate("Ad-0000") is None
+    assert pickle.loads(pickle.dumps(q)) == q and copy.deepcopy(q) == q
+    assert q.model_dump()["candidates"][0] == models[0].model_dump()  # python mode: whole dicts
+
+
+def test_model_copy_converts_and_checks_new_candidates():
+    q = _catalog_query()
+    two = q.model_copy(update={"candidates": list(q.candidates)[:2]})
+    assert isinstance(two.candidates, Candidates) and two.candidates.ad_ids == q.candidates.ad_ids[:2]
+    with pytest.raises(ValueError, match="duplicate ad_id Ad-4820"):
+        q.model_copy(update={"candidates": [q.candidates[0], q.candidates[0]]})
 
 
 def test_candidates_outside_the_catalog_or_with_another_title_travel_whole():
     odd = CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=9)
     renamed = CandidateAd(ad_id="Ad-4820", title="Floral Coffee Cup XL", category="coffee ware", bid=3)
     q = _catalog_query(candidates=[odd, renamed, *_catalog_query().candidates[1:3]])
+    assert not q.candidates.catalog_only
     wire = json.loads(encode(q))["candidates"]
     assert wire[0] == {"ad_id": "Ad-0001", "title": "Green Tea", "category": "tea", "bid": 9}
     assert wire[1]["title"] == "Floral Coffee Cup XL"  # kept, so the responder can reject it
     assert type(wire[2]) is list
-    assert decode(encode(q), QueryEvent) == q
+    back = decode(encode(q), QueryEvent)
+    assert back == q and back.candidates[0] == odd and back.candidates[1] == renamed
+
+
+def test_the_version_3_list_of_pairs_is_still_read():
+    q = _catalog_query()
+    v3 = json.loads(encode(q))
+    v3["candidates"] = [[c.ad_id, c.bid] for c in q.candidates]
+    assert decode(json.dumps(v3), QueryEvent) == q
+
+
+def _with_columns(**change) -> str:
+    payload = json.loads(encode(_catalog_query()))
+    payload["candidates"].update(change)
+    return json.dumps(payload)
+
+
+CATALOG_IDS = [a.ad_id for a in load_catalog()]
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"bids": [*range(1, 4), 0, *range(5, 101)]}, "candidates.3: bid must be an integer in 1..100, got 0"),
+        ({"bids": [*range(1, 4), 101, *range(5, 101)]}, "candidates.3: bid must be an integer in 1..100, got 101"),
+        ({"bids": [*range(1, 4), True, *range(5, 101)]}, "candidates.3: bid must be an integer in 1..100, got True"),
+        ({"bids": [*range(1, 4), 5.0, *range(5, 101)]}, "candidates.3: bid must be an integer in 1..100, got 5.0"),
+        ({"ad_ids": " ".join([*CATALOG_IDS[:3], "Ad-0000", *CATALOG_IDS[4:]])}, "candidates.3: 'Ad-0000' is not a catalog ad id"),
+        ({"ad_ids": " ".join([*CATALOG_IDS[:3], CATALOG_IDS[0], *CATALOG_IDS[4:]])}, f"duplicate ad_id {CATALOG_IDS[0]}"),
+        ({"bids": list(range(1, 100))}, "100 ad ids but 99 bids"),
+        ({"ad_ids": "", "bids": []}, "at least one candidate"),
+        ({"ad_ids": CATALOG_IDS}, "'ad_ids' is one string"),
+        ({"extra": 1}, "exactly the keys 'ad_ids' and 'bids'"),
+    ],
+)
+def test_a_bad_column_object_is_one_line_naming_the_candidate(change, says):
+    with pytest.raises(SchemaError) as e:
+        decode(_with_columns(**change), QueryEvent)
+    assert e.value.field == "candidates" and says in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +203,7 @@ def test_candidates_outside_the_catalog_or_with_another_title_travel_whole():
 )
 def test_a_bad_compact_candidate_is_one_line_naming_it(entry, says):
     payload = json.loads(encode(_catalog_query()))
+    payload["candidates"] = [[c.ad_id, c.bid] for c in _catalog_query().candidates]  # the version-3 list form
     payload["candidates"][3] = json.loads(json.dumps(entry).replace("ID", load_catalog()[3].ad_id))
     with pytest.raises(SchemaError) as e:
         decode(json.dumps(payload), QueryEvent)
