@@ -2,6 +2,7 @@
 
 from collections import namedtuple
 
+from llm_auction.auction import allocate
 from llm_auction.consumers.responder import PolicyState, ResponderHandler
 from llm_auction.consumers.service import Item
 from llm_auction.models.stored_backend import StoredAnswerBackend
@@ -56,3 +57,23 @@ def test_shown_candidates_narrow_what_the_model_sees_and_what_counts():
     # the stored answer names the best *shown* ad, and only shown ads can be exposed
     assert o.event.exposed_ad_ids == ["Ad-3356"] and o.event.shown_ad_ids == ["Ad-3356"]
     assert [a.ad_id for a in o.event.exposed_ads] == ["Ad-3356"]
+
+
+def test_catalog_candidates_are_trusted_only_against_the_package_catalog():
+    q = query()
+    assert q.candidates.catalog_only  # both are catalog ads as is: they travel and are held as columns
+    retitled = [a.model_copy(update={"title": "Progesterone Tea (new label)"}) if a.ad_id == "Ad-2489" else a for a in load_catalog()]
+    h = ResponderHandler(StoredAnswerBackend(), retitled, PolicyState("v1"))
+    assert not h.trusts_package_catalog  # another catalog: every candidate is checked against it
+    out = h.handle([Item(Rec("auction.queries", 0, 0, b"k", b""), q)])
+    assert not out.outputs and "differs from the catalog" in out.rejected[0][1]
+    assert ResponderHandler(StoredAnswerBackend(), load_catalog(), PolicyState("v1")).trusts_package_catalog
+
+
+def test_allocation_reads_titles_from_the_candidate_columns():
+    q = query()
+    text = "Try @American Ginseng Tea@[Ad-3356], or @Green Tea@[Ad-0001], or @Progesterone Tea X@[Ad-2489]."
+    alloc = allocate(text, q.candidates)
+    assert alloc.exposed == ("Ad-3356",) and alloc.format_error
+    assert any("unknown ad id Ad-0001" in r for r in alloc.reasons) and any("title of Ad-2489 changed" in r for r in alloc.reasons)
+    assert allocate(text, list(q.candidates)) == alloc  # same answer from the models
