@@ -15,20 +15,20 @@ twice. Processing delay is in ``latency_ms`` (generation) and in the Kafka recor
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 
 from llm_auction.auction import allocate
 from llm_auction.schemas import Ad, CandidateAd, Candidates, QueryEvent, ResponseEvent
 from llm_auction.schemas.candidates import catalog_ads
+from llm_auction.schemas.ids import DerivedIds
 from llm_auction.schemas.topics import RESPONSES
 
 from .service import Item, Outcome, Output
 
 _ID_TITLE = attrgetter("ad_id", "title")
 CandidatePicker = Callable[[QueryEvent], list[CandidateAd]]
-_RESPONSE_NS = uuid.UUID("2b0c8a52-3f43-4a57-8f1e-8d3c5a9e6b20")
+_RESPONSE_IDS = DerivedIds("2b0c8a52-3f43-4a57-8f1e-8d3c5a9e6b20")
 
 
 def response_event_id(query_event_id: str, policy_version: str) -> str:
@@ -38,7 +38,7 @@ def response_event_id(query_event_id: str, policy_version: str) -> str:
     crash between produce and commit) gives two events with one identity, which the warehouse
     keeps once, instead of two answers that would both count.
     """
-    return str(uuid.uuid5(_RESPONSE_NS, f"{query_event_id}/{policy_version}"))
+    return _RESPONSE_IDS(f"{query_event_id}/{policy_version}")
 
 
 class PolicyState:

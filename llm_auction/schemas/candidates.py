@@ -32,6 +32,7 @@ from .ads import Ad, CandidateAd
 from .catalog import load_catalog
 
 _INT = {int}
+_VALID_BIDS = bytes(range(1, 101))
 _MODELS: dict[tuple[str, int], CandidateAd] = {}  # (ad_id, bid) -> the catalog candidate (frozen, shared)
 
 
@@ -81,6 +82,34 @@ def _pair(e: list, i: int) -> CandidateAd:
     if type(bid) is not int or not 1 <= bid <= 100:
         raise _bad_bid(i, bid)
     return catalog_candidate(ad_id, bid)
+
+
+_IDS: dict[str, tuple[str, ...]] = {}  # the wire's ad_ids string -> its checked ids
+_IDS_MAX = 4096
+
+
+def _checked_ids(ad_ids: str) -> tuple[str, ...]:
+    """The ids of a column object's ``ad_ids``: catalog ids, no duplicates, at least one.
+
+    Queries offer the same candidate list again and again (the paper's auctions show all 100
+    ads to every query; a retriever's top K repeats too), so a checked list is remembered by its
+    string: one dict lookup instead of splitting and hashing 100 ids per query. The memory is
+    bounded (cleared when full) and holds only lists that passed the checks.
+    """
+    ids = _IDS.get(ad_ids)
+    if ids is not None:
+        return ids
+    ids = tuple(ad_ids.split(" ")) if ad_ids else ()
+    if not ids:
+        raise ValueError("candidates: a query needs at least one candidate")
+    known = _catalog_ids()
+    if not known.issuperset(ids):
+        raise next(_unknown_id(i, a) for i, a in enumerate(ids) if a not in known)
+    _no_duplicates(ids)
+    if len(_IDS) >= _IDS_MAX:
+        _IDS.clear()
+    _IDS[ad_ids] = ids
+    return ids
 
 
 class Candidates(Sequence[CandidateAd]):
@@ -141,19 +170,18 @@ class Candidates(Sequence[CandidateAd]):
         ad_ids, bids = value["ad_ids"], value["bids"]
         if type(ad_ids) is not str or type(bids) is not list:
             raise ValueError("candidates: 'ad_ids' is one string of ids separated by spaces and 'bids' a list of integers")
-        ids = tuple(ad_ids.split(" ")) if ad_ids else ()
-        if not ids:
-            raise ValueError("candidates: a query needs at least one candidate")
+        ids = _checked_ids(ad_ids)
         if len(ids) != len(bids):
             raise ValueError(f"candidates: {len(ids)} ad ids but {len(bids)} bids")
-        # A JSON true is a bool, which is an int to min/max: the type pass rejects it.
-        if set(map(type, bids)) != _INT or min(bids) < 1 or max(bids) > 100:
+        # bytes() takes ints in 0..255 and deleting the valid values 1..100 must leave nothing; a
+        # JSON true is a bool, which bytes() takes as 1: the type pass rejects it.
+        try:
+            packed = bytes(bids) if set(map(type, bids)) == _INT else None
+        except ValueError:
+            packed = None
+        if packed is None or packed.translate(None, _VALID_BIDS):
             raise next(_bad_bid(i, b) for i, b in enumerate(bids) if type(b) is not int or not 1 <= b <= 100)
-        known = _catalog_ids()
-        if not known.issuperset(ids):
-            raise next(_unknown_id(i, a) for i, a in enumerate(ids) if a not in known)
-        _no_duplicates(ids)
-        return cls(ids, bytes(bids))
+        return cls(ids, packed)
 
     # -- pydantic: a field typed ``Candidates`` validates and serializes through these ----------
     @classmethod

@@ -77,3 +77,13 @@ def test_allocation_reads_titles_from_the_candidate_columns():
     assert alloc.exposed == ("Ad-3356",) and alloc.format_error
     assert any("unknown ad id Ad-0001" in r for r in alloc.reasons) and any("title of Ad-2489 changed" in r for r in alloc.reasons)
     assert allocate(text, list(q.candidates)) == alloc  # same answer from the models
+
+
+def test_response_id_is_the_uuid5_of_query_id_and_policy_version():
+    import uuid
+
+    from llm_auction.consumers.responder import response_event_id
+
+    ns = uuid.UUID("2b0c8a52-3f43-4a57-8f1e-8d3c5a9e6b20")  # fixed: changing it would change every response id
+    for qid, version in [("q-1", "v1"), ("réponse ü", "base"), *((f"{i:032x}", "v9") for i in range(500))]:
+        assert response_event_id(qid, version) == str(uuid.uuid5(ns, f"{qid}/{version}"))
