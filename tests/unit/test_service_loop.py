@@ -36,12 +36,18 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    def __init__(self, log):
+    def __init__(self, log, partitions=None):
         self.sent = []
+        self.partitions = []  # the partition asked for, per send (None: the partitioner's choice)
         self.log = log
+        self.topic_partitions = partitions or {}
 
-    def send(self, topic, key, value):
+    def send(self, topic, key, value, partition=None):
         self.sent.append((topic, key, value))
+        self.partitions.append(partition)
+
+    def partitions_for(self, topic):
+        return self.topic_partitions.get(topic)
 
     def flush(self):
         self.log.append("flush")
@@ -168,3 +174,31 @@ def test_hop_latency_splits_into_delivery_and_service_per_record():
         assert d >= 40.0 - 6 and s >= 0.0
     # within a batch of 3 polled 10 ms apart, the first record waited longest in the service
     assert service[0] > service[2] + 10 and service[3] > service[5] + 10
+
+
+def test_outputs_keyed_like_their_input_go_to_its_partition_when_the_topics_match():
+    six = set(range(6))
+    records = [Rec("in", p, i, f"q{i}".encode(), encode(click(i))) for i, p in enumerate([3, 5, 0])]
+    for partitions, copartition, expect in [
+        ({"in": six, CLICKS: six}, True, [3, 5, 0]),  # same partitions: the input's
+        ({"in": six, CLICKS: set(range(2))}, True, [None] * 3),  # other count: the partitioner's
+        ({"in": six}, True, [None] * 3),  # no metadata for the output topic
+        ({"in": six, CLICKS: six}, False, [None] * 3),  # turned off
+    ]:
+        consumer = FakeConsumer(records)
+        producer = FakeProducer(consumer.events, partitions)
+        svc = StreamService(ServiceConfig("t", "g", {"in": ClickEvent}, batch_size=3, copartition=copartition), Echo(), consumer, producer)
+        svc.process(records)
+        assert producer.partitions == expect and [k for _, k, _ in producer.sent] == [b"q0", b"q1", b"q2"]
+
+
+def test_copartitioned_partition_is_what_murmur2_of_the_key_picks():
+    from kafka.partitioner.default import murmur2
+
+    # an upstream producer with the default partitioner put each key here; the output follows it
+    n = 6
+    records = [Rec("in", (murmur2(f"q{i}".encode()) & 0x7FFFFFFF) % n, i, f"q{i}".encode(), encode(click(i))) for i in range(40)]
+    consumer = FakeConsumer(records)
+    producer = FakeProducer(consumer.events, {"in": set(range(n)), CLICKS: set(range(n))})
+    StreamService(ServiceConfig("t", "g", {"in": ClickEvent}, batch_size=40), Echo(), consumer, producer).process(records)
+    assert producer.partitions == [(murmur2(k) & 0x7FFFFFFF) % n for _, k, _ in producer.sent]
