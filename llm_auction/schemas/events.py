@@ -14,13 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from .ads import AdId, Ad, Bid, CandidateAd, NonEmpty, _Model
+from .ads import AdId, AdIdList, Ad, Bid, CandidateAd, NonEmpty, _Model
 from .candidates import Candidates
 
 __all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "DeadLetter"]
 
 # 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid];
-# 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py).
+# 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py), and a
+#    response its shown ad ids as one string (schemas/ads.py AdIdList).
 SCHEMA_VERSION = 4
 
 
@@ -103,7 +104,7 @@ class ResponseEvent(Event):
     n_ads: int = Field(ge=0)
     format_error: bool = False
     format_reasons: list[str] = Field(default_factory=list)
-    shown_ad_ids: list[AdId] = Field(default_factory=list)
+    shown_ad_ids: AdIdList = Field(default_factory=list)
     latency_ms: float = Field(ge=0.0, default=0.0)
 
     @model_validator(mode="after")

@@ -209,3 +209,18 @@ def test_a_bad_compact_candidate_is_one_line_naming_it(entry, says):
         decode(json.dumps(payload), QueryEvent)
     assert e.value.field == "candidates" and "candidates.3" in str(e.value) and says in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_shown_ad_ids_travel_as_one_string_and_a_list_is_still_read():
+    q = _catalog_query()
+    r = ResponseEvent.for_query(q, policy_version="v0", text="t", shown_ad_ids=list(q.candidates.ad_ids[:3]), n_ads=0)
+    wire = json.loads(encode(r))
+    assert wire["shown_ad_ids"] == " ".join(q.candidates.ad_ids[:3])
+    back = decode(encode(r), ResponseEvent)
+    assert back == r and back.shown_ad_ids == list(q.candidates.ad_ids[:3]) and r.model_dump()["shown_ad_ids"] == back.shown_ad_ids
+    assert decode(json.dumps({**wire, "shown_ad_ids": list(q.candidates.ad_ids[:3])}), ResponseEvent) == r
+    assert decode(json.dumps({**wire, "shown_ad_ids": ""}), ResponseEvent).shown_ad_ids == []
+    for bad in ("Ad-4820  Ad-3356", "Ad-4820 Ad-33", "Ad-4820,Ad-3356", " Ad-4820"):
+        with pytest.raises(SchemaError) as e:
+            decode(json.dumps({**wire, "shown_ad_ids": bad}), ResponseEvent)
+        assert e.value.field == "shown_ad_ids" and "separated by single spaces" in str(e.value)
