@@ -107,7 +107,8 @@ class ResponderHandler:
                 ts=q.ts,
                 policy_version=version, text=text,
                 exposed_ad_ids=alloc.exposed, n_ads=alloc.n_ads, format_error=alloc.format_error,
-                format_reasons=list(alloc.reasons), shown_ad_ids=list(s.ad_ids), latency_ms=latency_ms,
+                format_reasons=list(alloc.reasons), latency_ms=latency_ms,
+                shown_ad_ids=" ".join(s.ad_ids),  # the wire's line: a repeated list is checked once, not id by id
             )
             out.outputs.append(Output(RESPONSES, q.query_id, resp))
         return out
