@@ -140,7 +140,7 @@ def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_t
 
     # First sink: dies on its second commit, after that batch was already inserted.
     sink1 = build.sink_service(s, kafka_bootstrap, producer, clickhouse_client, threading.Event())
-    real_commit, calls = sink1.consumer.commit, []
+    real_commit, calls = sink1.consumer.commit_async, []  # a batch's commit (the service does not wait for it)
 
     def crashing_commit(*a, **kw):
         calls.append(1)
@@ -148,7 +148,7 @@ def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_t
             raise RuntimeError("sink killed between insert and commit")
         return real_commit(*a, **kw)
 
-    sink1.consumer.commit = crashing_commit
+    sink1.consumer.commit_async = crashing_commit
     with pytest.raises(RuntimeError, match="killed"):
         sink1.run()
     inserted_before_crash = warehouse.totals(clickhouse_client)

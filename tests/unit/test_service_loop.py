@@ -27,7 +27,10 @@ class FakeConsumer:
         batch, self.records = self.records[:max_records], self.records[max_records:]
         return {"tp": batch} if batch else {}
 
-    def commit(self):
+    def commit(self):  # waited for: the service's last commit, at shutdown
+        self.events.append("last commit")
+
+    def commit_async(self, callback=None):  # a batch's commit
         self.commits += 1
         self.events.append("commit")
 
@@ -91,7 +94,7 @@ def test_outputs_flushed_before_commit_and_everything_counted():
     assert [d for _, _, d in producer.sent] == payloads
     assert stats["consumed"] == 10 and stats["produced"] == 10 and stats["batches"] == 3
     # every commit is preceded by a flush of that batch's outputs
-    assert consumer.events == ["flush", "commit"] * 3 and consumer.closed
+    assert consumer.events == ["flush", "commit"] * 3 + ["last commit"] and consumer.closed
 
 
 def test_poison_and_rejected_go_to_dead_letter_and_the_rest_flows():
@@ -202,3 +205,14 @@ def test_copartitioned_partition_is_what_murmur2_of_the_key_picks():
     producer = FakeProducer(consumer.events, {"in": set(range(n)), CLICKS: set(range(n))})
     StreamService(ServiceConfig("t", "g", {"in": ClickEvent}, batch_size=40), Echo(), consumer, producer).process(records)
     assert producer.partitions == [(murmur2(k) & 0x7FFFFFFF) % n for _, k, _ in producer.sent]
+
+
+def test_batch_commits_wait_when_asked_and_a_failed_async_commit_is_counted():
+    records = [_rec(i, encode(click(i))) for i in range(4)]
+    svc, consumer, _ = _service(records, batch_size=2, commit_async=False)
+    svc.run(max_messages=4)
+    assert consumer.events == ["flush", "last commit"] * 2 + ["last commit"] and consumer.commits == 0
+    svc, consumer, _ = _service(records, batch_size=2)
+    svc._committed({}, RuntimeError("rebalanced"))
+    svc._committed({}, object())  # a response: fine
+    assert svc.stats["commits_failed"] == 1
