@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--queries", type=int, default=48,
-        help="test queries to replay (default 48: SmolLM2 answers in about 5-12 s per query on 2 CPU cores; "
-        "with --backend stored thousands take seconds)",
+        "--queries", type=int, default=32,
+        help="test queries to replay (default 32: SmolLM2 answers in about 5-19 s per query on 2 CPU cores, "
+        "so a fresh machine finishes in under 15 minutes; with --backend stored thousands take seconds)",
     )
     p.add_argument("--backend", choices=["transformers", "stored"], help="Ad-LLM backend (default: LLMA_ADLLM_BACKEND)")
     p.add_argument("--model", help="Ad-LLM model folder (default: <data_dir>/models/smollm2, prepared if missing)")
