@@ -5,7 +5,9 @@ to Kafka (or written to ClickHouse by the handler), so a crash replays the batch
 deduplicates by ``event_id``. The commit is sent without waiting for its answer
 (``commit_async``): a round trip to the broker per batch (~5 ms on the local broker) that held up
 the next poll for nothing, since a lost commit only replays work that is already deduplicated.
-The last commit, at shutdown, is waited for. A record that cannot be decoded, or that the handler rejects,
+The last commit, at shutdown, is waited for.
+
+A record that cannot be decoded, or that the handler rejects,
 goes to ``auction.dead-letter`` with the reason and is counted; the service keeps running. A
 handler that raises on a whole batch is retried item by item, so one poison message cannot
 block its neighbours.

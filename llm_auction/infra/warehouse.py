@@ -149,6 +149,10 @@ def queries_table(events: Sequence[QueryEvent]) -> pa.Table:
     )
 
 
+_AD_IDS = attrgetter("ad_ids")
+_BIDS = attrgetter("bids")
+
+
 def _bids_map(cands: Sequence[Candidates]) -> pa.MapArray:
     """The ``bids`` Map(String, UInt8) column: one map ad_id -> bid per event, in candidate order.
 
@@ -161,8 +165,6 @@ def _bids_map(cands: Sequence[Candidates]) -> pa.MapArray:
     return pa.MapArray.from_arrays(offsets, pa.array(ids, pa.string()), _uint8(b"".join(map(_BIDS, cands))))
 
 
-_AD_IDS = attrgetter("ad_ids")
-_BIDS = attrgetter("bids")
 _RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "user.user_id", "query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")
 
 
