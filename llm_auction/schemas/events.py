@@ -58,7 +58,7 @@ class QueryEvent(Event):
     ``candidates`` is a :class:`~llm_auction.schemas.candidates.Candidates`: a read-only sequence
     of ``CandidateAd`` held as two columns (ad ids and bids), because catalog ads need no more.
     Give it a list of models, dicts or ``[ad_id, bid]`` pairs and it is converted and checked (no
-    duplicate ids, compact ids must be catalog ads). On the wire a query of catalog ads is ~1.2 KB
+    duplicate ids, compact ids must be catalog ads). On the wire a query of catalog ads is ~1.4 KB
     instead of ~10 KB with titles; the catalog is also what the responder checks titles against,
     so this adds no new source of truth.
     """
