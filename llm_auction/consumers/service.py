@@ -1,11 +1,25 @@
 """The one consume -> process -> produce -> commit loop every streaming service runs.
 
-Delivery is at-least-once: a batch's offsets are committed only after its outputs were flushed
-to Kafka (or written to ClickHouse by the handler), so a crash replays the batch; downstream
-deduplicates by ``event_id``. The commit is sent without waiting for its answer
-(``commit_async``): a round trip to the broker per batch (~5 ms on the local broker) that held up
-the next poll for nothing, since a lost commit only replays work that is already deduplicated.
-The last commit, at shutdown, is waited for.
+Delivery is at-least-once: a batch's offsets are committed only after the broker acknowledged
+every one of its outputs (or the handler wrote them to ClickHouse), so a crash replays the batch;
+downstream deduplicates by ``event_id``.
+
+The loop does not stop to wait for those acknowledgements. A processed batch joins a queue of
+batches *in flight* and the loop goes back to polling; each time round, the batches at the head
+of the queue whose sends have all completed are settled: their offsets (explicit ones: never the
+consumer's position, which is already past the batches still in flight) are committed in order.
+Waiting for the acks in place (``producer.flush()``) blocked every batch for a produce round trip
+(3-6 ms p50 on the local broker, more at p99) while the next records queued behind it. A send
+that failed after the producer's own retries is sent again (``ServiceConfig.send_attempts`` in
+all) and its batch stays uncommitted meanwhile; after the last attempt the service stops with
+:class:`DeliveryError`, leaving the batch uncommitted, so that a restart replays it (before,
+``flush()`` returned on failed sends too and the commit passed over outputs that were never
+written). At most ``max_in_flight_batches`` wait at once; beyond that the loop waits for them
+all. The commit itself is sent without waiting for its answer (``commit_async``): a lost
+commit only replays work that is already deduplicated. At shutdown everything in flight is
+waited for and committed synchronously. A rebalance needs no hook: a batch still in flight when
+its partition moves is committed late or not at all, and either way its new owner replays at most
+work that is deduplicated downstream, never skips any (only acknowledged work is committed).
 
 A record that cannot be decoded, or that the handler rejects,
 goes to ``auction.dead-letter`` with the reason and is counted; the service keeps running. A
@@ -55,6 +69,29 @@ class Item:
     event: BaseModel
 
 
+class DeliveryError(RuntimeError):
+    """Outputs the broker would not take after every attempt; their batch was not committed."""
+
+
+@dataclass
+class _InFlight:
+    """A processed batch waiting for the broker to acknowledge its sends before it is committed."""
+
+    offsets: dict[Any, int]  # TopicPartition -> next offset to read (last + 1)
+    sends: list[tuple[str, bytes, bytes, int | None]]  # (topic, key, value, partition), to resend
+    futures: list[Any]  # kafka-python FutureRecordMetadata, index-aligned with sends
+    stamps: list[tuple[float, float | None]]  # per record: (Kafka timestamp ms, polled at ms)
+    checked: int = 0  # futures[:checked] are known to be done
+    attempts: int = 1
+
+    def done(self) -> bool:
+        futures, i = self.futures, self.checked
+        while i < len(futures) and futures[i].is_done:
+            i += 1
+        self.checked = i
+        return i == len(futures)
+
+
 @dataclass
 class Outcome:
     outputs: list[Output] = field(default_factory=list)
@@ -77,6 +114,9 @@ class ServiceConfig:
     poll_timeout_ms: int = 100
     copartition: bool = True  # see StreamService._partitions_by_key
     commit_async: bool = True  # see the module docstring; False waits for every commit
+    max_in_flight_batches: int = 16  # processed batches awaiting acks; more makes the loop wait
+    send_attempts: int = 3  # per output, counting the first; each is itself retried by the producer
+    settle_poll_ms: int = 1  # poll timeout while batches are in flight, so acks are seen promptly
 
 
 # Collector tuning for a streaming process. Every decoded event is a tree of small objects (a
@@ -116,6 +156,10 @@ class StreamService:
         self.service_ms: deque[float] = deque(maxlen=200_000)
         self._lock = threading.Lock()
         self._same_count: dict[tuple[str, str], bool] = {}
+        self._in_flight: deque[_InFlight] = deque()
+        self._sends: list[tuple[str, bytes, bytes, int | None]] = []  # the batch being processed
+        self._futures: list[Any] = []
+        self._settled: dict[Any, int] = {}  # TopicPartition -> offset, everything settled so far
 
     # -- one batch -------------------------------------------------------------------------
     def _dead_letter(self, record, reason: str) -> None:
@@ -126,9 +170,13 @@ class StreamService:
             source_topic=record.topic, partition=record.partition, offset=record.offset, key=key,
             payload=payload[:100_000], error=reason[:2000], consumer=self.config.name,
         )
-        self.producer.send(DEAD_LETTER, key=(key or "").encode("utf-8"), value=encode(dl))
+        self._send(DEAD_LETTER, (key or "").encode("utf-8"), encode(dl), None)
         self._count("dead_lettered")
         log_event(log, "dead-lettered a record", logging.WARNING, service=self.config.name, topic=record.topic, offset=record.offset, reason=reason[:300])
+
+    def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
+        self._sends.append((topic, key, value, partition))
+        self._futures.append(self.producer.send(topic, key=key, value=value, partition=partition))
 
     def _committed(self, offsets, response) -> None:
         """commit_async's callback (kafka-python's IO thread): count and log a failed commit."""
@@ -199,26 +247,80 @@ class StreamService:
             self._dead_letter(item.record, reason)
         if outcome.outputs:
             inputs = self._partitions_by_key(records) if self.config.copartition else {}
-            send = self.producer.send
+            send = self._send
             for o in outcome.outputs:
                 key = o.key.encode("utf-8")
                 src = inputs.get(key)
-                partition = src[1] if src is not None and self._copartitioned(src[0], o.topic) else None
-                send(o.topic, key=key, value=encode(o.event), partition=partition)
-        self.producer.flush()
-        if self.config.commit_async:
-            self.consumer.commit_async(callback=self._committed)
-        else:
-            self.consumer.commit()
-        done_ms = time.time() * 1000.0
-        self.hop_ms.extend(done_ms - r.timestamp for r in records if getattr(r, "timestamp", None))
-        if polled_ms is not None:
-            stamped = [(r.timestamp, p) for r, p in zip(records, polled_ms) if getattr(r, "timestamp", None)]
-            self.delivery_ms.extend(p - ts for ts, p in stamped)
-            self.service_ms.extend(done_ms - p for _, p in stamped)
+                send(o.topic, key, encode(o.event), src[1] if src is not None and self._copartitioned(src[0], o.topic) else None)
+        from kafka.structs import TopicPartition  # lazy: kafka is not needed to import this module
+
+        offsets: dict[Any, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if r.offset >= offsets.get(tp, -1):
+                offsets[tp] = r.offset + 1
+        polled = polled_ms if polled_ms is not None else [None] * len(records)
+        stamps = [(r.timestamp, p) for r, p in zip(records, polled) if getattr(r, "timestamp", None)]
+        self._in_flight.append(_InFlight(offsets, self._sends, self._futures, stamps))
+        self._sends, self._futures = [], []
         self._count("consumed", len(records))
         self._count("produced", len(outcome.outputs))
         self._count("batches")
+        self.settle(wait=len(self._in_flight) > self.config.max_in_flight_batches)
+
+    def settle(self, wait: bool = False, sync: bool = False) -> None:
+        """Commit, oldest first, the batches in flight whose sends have all been acknowledged.
+
+        ``wait``: flush the producer, so every batch in flight settles (or fails). ``sync``: wait
+        for the commit's answer too, and commit everything settled so far (shutdown). A batch with a failed send has it sent again and blocks the batches behind it
+        from being committed; after ``send_attempts`` it raises :class:`DeliveryError`.
+        """
+        settled: dict[Any, int] = {}
+        try:
+            while self._in_flight:
+                head = self._in_flight[0]
+                if not head.done():
+                    if not wait:
+                        break
+                    self.producer.flush()  # afterwards every send so far is done (acked or failed)
+                    if not head.done():
+                        break
+                failed = [i for i, f in enumerate(head.futures) if f.exception is not None]
+                if failed:
+                    self._resend(head, failed)
+                    continue
+                done_ms = time.time() * 1000.0
+                self.hop_ms.extend(done_ms - ts for ts, _ in head.stamps)
+                polled = [(ts, p) for ts, p in head.stamps if p is not None]
+                self.delivery_ms.extend(p - ts for ts, p in polled)
+                self.service_ms.extend(done_ms - p for _, p in polled)
+                settled.update(head.offsets)
+                self._in_flight.popleft()
+        except DeliveryError:
+            if settled:  # keep the work acknowledged before the failing batch
+                self._settled.update(settled)
+                self.consumer.commit(offsets=_commit_offsets(settled))
+            raise
+        self._settled.update(settled)
+        if sync and self._settled:
+            self.consumer.commit(offsets=_commit_offsets(self._settled))
+        elif settled:
+            if self.config.commit_async:
+                self.consumer.commit_async(offsets=_commit_offsets(settled), callback=self._committed)
+            else:
+                self.consumer.commit(offsets=_commit_offsets(settled))
+
+    def _resend(self, batch: _InFlight, failed: list[int]) -> None:
+        errors = sorted({f"{type(batch.futures[i].exception).__name__}: {batch.futures[i].exception}"[:200] for i in failed})
+        if batch.attempts >= self.config.send_attempts:
+            raise DeliveryError(f"{self.config.name}: {len(failed)} output(s) not accepted by the broker after {batch.attempts} attempts ({'; '.join(errors)[:500]}); their batch is not committed, so a restart replays it")
+        batch.attempts += 1
+        self._count("sends_retried", len(failed))
+        log_event(log, "outputs failed after the producer's retries; sending them again, their batch stays uncommitted", logging.WARNING, service=self.config.name, failed=len(failed), attempt=batch.attempts, errors=errors[:3])
+        for i in failed:
+            topic, key, value, partition = batch.sends[i]
+            batch.futures[i] = self.producer.send(topic, key=key, value=value, partition=partition)
+        batch.checked = min(failed)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counter[str]:
@@ -238,6 +340,8 @@ class StreamService:
                 timeout_ms = cfg.poll_timeout_ms
                 if pending:  # never wait past the open batch's deadline for more records
                     timeout_ms = max(0, min(timeout_ms, int((first_at + cfg.batch_max_wait_s - time.monotonic()) * 1000)))
+                if self._in_flight:  # come back soon to commit what the broker acknowledged
+                    timeout_ms = min(timeout_ms, cfg.settle_poll_ms)
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(want, 1))
                 now = time.monotonic()
                 now_ms = time.time() * 1000.0
@@ -251,20 +355,27 @@ class StreamService:
                 if pending and (len(pending) >= cfg.batch_size or now - first_at >= cfg.batch_max_wait_s):
                     self.process(pending, pending_polled_ms)
                     pending, pending_polled_ms = [], []
+                elif self._in_flight:
+                    self.settle()
                 if max_messages is not None and self.stats["consumed"] >= max_messages:
                     break
                 if idle_timeout_s is not None and not pending and now - last_record_at > idle_timeout_s:
                     break
             if pending:  # graceful stop: finish what was read
                 self.process(pending, pending_polled_ms)
-            if self.stats["batches"]:
-                self.consumer.commit()  # wait for the last commit: a clean stop replays nothing
+            self.settle(wait=True, sync=True)  # wait for the last commit: a clean stop replays nothing
         finally:
             try:
                 self.consumer.close()
             finally:
                 log_event(log, "service stopped", service=cfg.name, **dict(self.stats))
         return self.stats
+
+
+def _commit_offsets(offsets: dict[Any, int]) -> dict[Any, Any]:
+    from kafka.structs import OffsetAndMetadata
+
+    return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
 
 def run_in_threads(services: Sequence[StreamService], **run_kw) -> list[threading.Thread]:

@@ -16,6 +16,7 @@ class FakeConsumer:
         self.commits = 0
         self.closed = False
         self.events = []
+        self.committed = []  # per commit: {(topic, partition): offset}
 
     def subscribe(self, topics):
         self.topics = topics
@@ -27,33 +28,65 @@ class FakeConsumer:
         batch, self.records = self.records[:max_records], self.records[max_records:]
         return {"tp": batch} if batch else {}
 
-    def commit(self):  # waited for: the service's last commit, at shutdown
+    def commit(self, offsets=None):  # waited for: the service's last commit, at shutdown
         self.events.append("last commit")
+        self.committed.append(_plain(offsets))
 
-    def commit_async(self, callback=None):  # a batch's commit
+    def commit_async(self, offsets=None, callback=None):  # a batch's commit
         self.commits += 1
         self.events.append("commit")
+        self.committed.append(_plain(offsets))
 
     def close(self):
         self.closed = True
 
 
+def _plain(offsets):
+    return None if offsets is None else {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
+
+
+class FakeFuture:
+    """kafka-python's FutureRecordMetadata as the loop reads it: ``is_done`` and ``exception``."""
+
+    def __init__(self):
+        self.is_done = False
+        self.exception = None
+
+
 class FakeProducer:
-    def __init__(self, log, partitions=None):
+    """Sends complete at once (``auto_ack``), or when ``flush`` is called, or by hand (``ack``);
+    ``fail`` says which sends the broker refuses."""
+
+    def __init__(self, log, partitions=None, auto_ack=True):
+        self.auto_ack = auto_ack
         self.sent = []
+        self.futures = []
         self.partitions = []  # the partition asked for, per send (None: the partitioner's choice)
         self.log = log
         self.topic_partitions = partitions or {}
+        self.fail = lambda topic, value: False  # -> should this send fail?
 
     def send(self, topic, key, value, partition=None):
         self.sent.append((topic, key, value))
         self.partitions.append(partition)
+        self.futures.append(FakeFuture())
+        self.futures[-1].failing = self.fail(topic, value)
+        if self.auto_ack:
+            self.ack()
+        return self.futures[-1]
+
+    def ack(self):
+        for f in self.futures:
+            if not f.is_done:
+                f.is_done = True
+                f.exception = RuntimeError("broker said no") if f.failing else None
 
     def partitions_for(self, topic):
         return self.topic_partitions.get(topic)
 
     def flush(self):
         self.log.append("flush")
+        self.ack()
 
 
 def click(i, bid=10):
@@ -75,9 +108,9 @@ class Echo:
         return out
 
 
-def _service(records, **cfg):
+def _service(records, auto_ack=True, **cfg):
     consumer = FakeConsumer(records)
-    producer = FakeProducer(consumer.events)
+    producer = FakeProducer(consumer.events, auto_ack=auto_ack)
     svc = StreamService(ServiceConfig("t", "g", {"in": ClickEvent}, **cfg), Echo(), consumer, producer)
     return svc, consumer, producer
 
@@ -86,15 +119,93 @@ def _rec(i, value):
     return Rec("in", 0, i, f"q{i}".encode(), value)
 
 
-def test_outputs_flushed_before_commit_and_everything_counted():
+def test_a_batch_is_committed_once_all_its_sends_are_acknowledged_and_in_order():
+    recs = [_rec(i, encode(click(i))) for i in range(10)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=4)
+    svc.process(recs[:4])
+    svc.process(recs[4:8])
+    assert consumer.committed == []  # nothing acknowledged yet: nothing committed
+    for f in producer.futures[4:8]:  # the second batch's sends complete first
+        f.is_done = True
+    svc.settle()
+    assert consumer.committed == []  # the first batch still waits: commits go in order
+    for f in producer.futures[:4]:
+        f.is_done = True
+    svc.settle()
+    assert consumer.committed == [{("in", 0): 8}] and svc.stats["consumed"] == 8  # both, as one commit
+    svc.settle()
+    assert len(consumer.committed) == 1  # nothing new settled: no commit
+
+
+def test_the_loop_keeps_polling_while_outputs_are_in_flight_and_a_stop_commits_everything():
     payloads = [encode(click(i)) for i in range(10)]
     recs = [_rec(i, p) for i, p in enumerate(payloads)]
-    svc, consumer, producer = _service(recs, batch_size=4, batch_max_wait_s=0)
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=4, batch_max_wait_s=0)
     stats = svc.run(max_messages=10)
     assert [d for _, _, d in producer.sent] == payloads
     assert stats["consumed"] == 10 and stats["produced"] == 10 and stats["batches"] == 3
-    # every commit is preceded by a flush of that batch's outputs
-    assert consumer.events == ["flush", "commit"] * 3 + ["last commit"] and consumer.closed
+    # no batch waited for its acks in place: the stop flushes once and commits all, waiting for it
+    assert consumer.events == ["flush", "last commit"] and consumer.committed == [{("in", 0): 10}] and consumer.closed
+
+
+def test_a_refused_send_is_sent_again_and_its_batch_waits_for_it():
+    recs = [_rec(i, encode(click(i))) for i in range(3)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=3)
+    refuse = {recs[1].value}
+    producer.fail = lambda topic, value: value in refuse
+    svc.process(recs)
+    producer.ack()
+    refuse.clear()  # the broker takes it the second time
+    svc.settle()
+    assert consumer.committed == [] and svc.stats["sends_retried"] == 1
+    assert [v for _, _, v in producer.sent] == [recs[i].value for i in (0, 1, 2, 1)]
+    producer.ack()
+    svc.settle()
+    assert consumer.committed == [{("in", 0): 3}]
+
+
+def test_outputs_the_broker_keeps_refusing_stop_the_service_without_committing_their_batch():
+    import pytest
+
+    from llm_auction.consumers.service import DeliveryError
+
+    recs = [_rec(i, encode(click(i))) for i in range(4)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=2, send_attempts=3)
+    producer.fail = lambda topic, value: value == recs[3].value
+    with pytest.raises(DeliveryError, match="after 3 attempts.*broker said no"):
+        svc.run(max_messages=4)
+    # the first batch was committed, the one with the refused output was not; the consumer closed
+    assert consumer.committed == [{("in", 0): 2}] and consumer.closed
+    assert svc.stats["sends_retried"] == 2 and len(producer.sent) == 4 + 2
+
+
+def test_too_many_batches_in_flight_make_the_loop_wait_for_them():
+    recs = [_rec(i, encode(click(i))) for i in range(6)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=1, max_in_flight_batches=2)
+    for r in recs[:3]:
+        svc.process([r])
+    assert consumer.events == ["flush", "commit"] and consumer.committed == [{("in", 0): 3}]
+
+
+def test_while_batches_are_in_flight_the_loop_polls_briefly():
+    recs = [_rec(i, encode(click(i))) for i in range(2)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=1, poll_timeout_ms=500, settle_poll_ms=1)
+    timeouts = []
+    orig = consumer.poll
+
+    def poll(timeout_ms, max_records):
+        timeouts.append(timeout_ms)
+        if len(timeouts) == 4:
+            producer.ack()
+        if len(timeouts) == 6:
+            svc.stop.set()
+        return orig(timeout_ms=timeout_ms, max_records=max_records)
+
+    consumer.poll = poll
+    svc.run()
+    assert timeouts[0] == 500 and timeouts[1:4] == [1, 1, 1]  # waiting for acks: short polls
+    assert timeouts[4] == 500  # everything settled: back to the configured wait
+    assert consumer.committed[0] == {("in", 0): 2} and consumer.events[0] == "commit"
 
 
 def test_poison_and_rejected_go_to_dead_letter_and_the_rest_flows():
@@ -211,7 +322,8 @@ def test_batch_commits_wait_when_asked_and_a_failed_async_commit_is_counted():
     records = [_rec(i, encode(click(i))) for i in range(4)]
     svc, consumer, _ = _service(records, batch_size=2, commit_async=False)
     svc.run(max_messages=4)
-    assert consumer.events == ["flush", "last commit"] * 2 + ["last commit"] and consumer.commits == 0
+    assert consumer.events == ["last commit"] * 3 and consumer.commits == 0
+    assert consumer.committed == [{("in", 0): 2}, {("in", 0): 4}, {("in", 0): 4}]
     svc, consumer, _ = _service(records, batch_size=2)
     svc._committed({}, RuntimeError("rebalanced"))
     svc._committed({}, object())  # a response: fine
