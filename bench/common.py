@@ -29,6 +29,29 @@ def python_speed_s(n: int = 5_000_000) -> float:
     return round(best, 3)
 
 
+class StealMeter:
+    """Share of CPU time the hypervisor gave to other guests ("steal" in /proc/stat) between
+    ``start`` and ``share``. On a shared VM it tells a slow run caused by neighbours from one
+    caused by the code; None where /proc/stat has no steal column (not Linux)."""
+
+    def __init__(self) -> None:
+        self._at = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+    def share(self) -> float | None:
+        now = self._read()
+        if now is None or self._at is None or now[1] == self._at[1]:
+            return None
+        return round((now[0] - self._at[0]) / (now[1] - self._at[1]), 4)
+
+
 def machine() -> dict:
     """CPU model, cores, Python, platform, the load average, and a CPU-speed yardstick."""
     cpu = platform.processor() or platform.machine()

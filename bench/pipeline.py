@@ -20,13 +20,14 @@ own rate is reported beside it). Three passes over the first ``--queries`` queri
    timestamp to the commit of its batch (the latency that hop adds: delivery, queueing,
    batching, processing, produce and commit). At a rate the loop cannot sustain this is
    queueing delay, and the table says so. Each record's hop splits into delivery (Kafka
-   timestamp -> returned by poll: upstream linger, broker, fetch) and service (poll -> commit:
-   batching, processing, flush, commit), so what the broker costs and what the code costs are
-   told apart.
+   timestamp -> returned by poll: upstream linger, broker, fetch) and service (poll -> settled:
+   batching, processing, produce, and waiting for the broker to acknowledge the outputs, which
+   is reported apart as "ack"), so what the broker costs and what the code costs are told apart.
 
 Then, with the services stopped, a bare producer and a bare consumer (same client settings, no
 work) send the latency pass's queries through the broker at the same rate: the delivery floor,
-below which no hop's delivery can go on this broker and client.
+below which no hop's delivery can go on this broker and client, and the produce round trip
+(send -> acknowledged), below which no hop's ack wait can go.
 
 Afterwards the warehouse is opened and its counts checked against what was sent, so a run
 that lost or doubled events fails instead of reporting a figure.
@@ -58,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import machine, table, write_results  # noqa: E402
+from common import StealMeter, machine, table, write_results  # noqa: E402
 
 from llm_auction.consumers.local_loop import is_drained  # noqa: E402
 from llm_auction.infra.broker import LocalBroker  # noqa: E402
@@ -71,7 +72,7 @@ from llm_auction.schemas.topics import QUERIES  # noqa: E402
 
 HOPS = {"responder": "queries -> responses", "user-sim": "responses -> clicks", "sink": "events -> ClickHouse"}
 STATS = ("consumed", "produced", "dead_lettered")
-SPLIT = ("hop", "delivery", "service")  # per record: hop = delivery (Kafka timestamp -> poll) + service (poll -> commit)
+SPLIT = ("hop", "delivery", "service", "ack")  # per record: hop = delivery (Kafka timestamp -> poll) + service (poll -> settled); ack: the part of service waiting for the broker's acks
 PHASES = ("warm-up", "throughput", "latency")
 BATCH_MAX_WAIT_S = 0.005  # responder and user simulator: close a batch 5 ms after its first record
 # The sink batches longer: every ClickHouse insert writes a part per table (~10 ms each on chdb
@@ -210,15 +211,19 @@ class Services:
         return lat, cpu
 
 
-def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None, topic: str = QUERIES) -> None:
-    """Send pre-encoded records, as fast as possible or on a schedule (record i at start + i / rate)."""
+def send(producer, payloads: list[tuple[bytes, bytes]], rate: float | None, topic: str = QUERIES, acks: list[float] | None = None) -> None:
+    """Send pre-encoded records, as fast as possible or on a schedule (record i at start + i / rate).
+    ``acks``: append each record's produce round trip (send -> acknowledged), in ms."""
     start = time.perf_counter()
     for i, (key, value) in enumerate(payloads):
         if rate:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        producer.send(topic, key=key, value=value)
+        sent_at = time.perf_counter()
+        future = producer.send(topic, key=key, value=value)
+        if acks is not None:
+            future.add_callback(lambda _, t=sent_at: acks.append(1000.0 * (time.perf_counter() - t)))
     producer.flush()
 
 
@@ -244,10 +249,11 @@ def floor_consumer(bootstrap: str, data_dir: str, n: int, ready, out: str) -> No
     np.save(out, np.asarray(ms, dtype=np.float64))
 
 
-def delivery_floor(bootstrap: str, tmp: Path, payloads: list[tuple[bytes, bytes]], rate: float) -> np.ndarray:
+def delivery_floor(bootstrap: str, tmp: Path, payloads: list[tuple[bytes, bytes]], rate: float) -> tuple[np.ndarray, np.ndarray]:
     """The broker's own delivery latency at ``rate``: a bare producer (flushed sends, like a
     service's outputs) and a bare consumer in another process, on a topic like the loop's, with
-    the services stopped. No hop can deliver faster than this on this broker and client."""
+    the services stopped. No hop can deliver faster than this on this broker and client.
+    Returns per record: delivery ms (timestamp -> polled) and produce round trip ms (send -> ack)."""
     from llm_auction.schemas.topics import TOPICS, TopicSpec
 
     s = _settings(bootstrap, tmp)
@@ -260,10 +266,11 @@ def delivery_floor(bootstrap: str, tmp: Path, payloads: list[tuple[bytes, bytes]
         proc.kill()
         raise TimeoutError("the delivery-floor consumer did not join")
     producer = make_producer(s, bootstrap, linger_ms=0)
-    send(producer, payloads, rate, FLOOR_TOPIC)
+    acks: list[float] = []
+    send(producer, payloads, rate, FLOOR_TOPIC, acks)
     producer.close()
     proc.join(300)
-    return np.load(out)
+    return np.load(out), np.asarray(acks, dtype=np.float64)
 
 
 def plumbing(n: int, rate: float | None, tmp: Path, profile_dir: Path | None = None, repeats: int = 3) -> dict:
@@ -301,7 +308,7 @@ def plumbing(n: int, rate: float | None, tmp: Path, profile_dir: Path | None = N
         finally:
             lat, cpu = services.close()
             producer.close()
-        floor = delivery_floor(broker.bootstrap, tmp, passes[2], rate)
+        floor, produce_rtt = delivery_floor(broker.bootstrap, tmp, passes[2], rate)
     stored = _stored_counts(tmp)
     expected = {"queries": sum(sizes), "responses": sum(sizes), "click_events": int(services.count("user-sim", "produced"))}
     if any(stored[k] != v for k, v in expected.items()):
@@ -324,7 +331,10 @@ def plumbing(n: int, rate: float | None, tmp: Path, profile_dir: Path | None = N
         "delivery_p99_ms": pct(99, "delivery"),
         "service_p50_ms": pct(50, "service"),
         "service_p99_ms": pct(99, "service"),
+        "ack_p50_ms": pct(50, "ack"),
+        "ack_p99_ms": pct(99, "ack"),
         "delivery_floor_ms": {"p50": round(float(np.percentile(floor, 50)), 2), "p99": round(float(np.percentile(floor, 99)), 2), "records": int(len(floor))},
+        "produce_round_trip_floor_ms": {"p50": round(float(np.percentile(produce_rtt, 50)), 2), "p99": round(float(np.percentile(produce_rtt, 99)), 2), "records": int(len(produce_rtt))},
         "throughput_pass_hop_p99_ms": pct(99, "hop", "throughput"),
         "cpu_ms_per_query": {h: round(1000 * c / sizes[1], 3) for h, c in ({h: c["throughput"] for h, c in cpu.items()} | cpu_other["throughput"]).items()},
         "warehouse_rows": stored,
@@ -381,7 +391,9 @@ def main(argv=None) -> int:
         load_before = machine()["load_average"]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
+        steal = StealMeter()
         p = plumbing(args.queries, args.rate, tmp, args.profile and args.profile.resolve(), args.repeats)
+        steal_share = steal.share()
         g = generation(tmp, tmp / "world", args.skip_smollm2, settings.data_dir)
     plumbing_s = 1.0 / p["queries_per_s"]
     lp = p["latency_pass"]
@@ -393,14 +405,17 @@ def main(argv=None) -> int:
     ]
     for h in HOPS:
         rows.append((f"hop {h} ({HOPS[h]}) p50 / p99", f"{p['hop_p50_ms'][h]} / {p['hop_p99_ms'][h]} ms", "p99 < 5 ms"))
-        rows.append(("  of which delivery (Kafka timestamp -> poll) / service (poll -> commit), p99", f"{p['delivery_p99_ms'][h]} / {p['service_p99_ms'][h]} ms", ""))
-    fl = p["delivery_floor_ms"]
+        rows.append(("  of which delivery (Kafka timestamp -> poll) / service (poll -> settled), p99", f"{p['delivery_p99_ms'][h]} / {p['service_p99_ms'][h]} ms", ""))
+        rows.append(("  service's wait for the broker's acks, p50 / p99", f"{p['ack_p50_ms'][h]} / {p['ack_p99_ms'][h]} ms", ""))
+    fl, rt = p["delivery_floor_ms"], p["produce_round_trip_floor_ms"]
     rows.append(("delivery floor: bare producer -> bare consumer on this broker, same rate, p50 / p99", f"{fl['p50']} / {fl['p99']} ms", ""))
+    rows.append(("produce round trip floor: bare producer, send -> acknowledged, p50 / p99", f"{rt['p50']} / {rt['p99']} ms", ""))
+    rows.append(("CPU time stolen by other VMs during the plumbing passes (/proc/stat steal)", "n/a" if steal_share is None else f"{steal_share:.1%}", ""))
     for name, sec in g.items():
         rows.append((f"generation s/query ({name})", f"{sec}", f"plumbing share {plumbing_s / (plumbing_s + sec):.2%}"))
     print(table(rows))
     path = write_results("pipeline", {
-        "machine": {**machine(), "load_average_before": load_before},
+        "machine": {**machine(), "load_average_before": load_before, "cpu_steal_share_during_plumbing": steal_share},
         **p,
         "generation_s_per_query": g,
         "settings": {"batch_max_wait_s": BATCH_MAX_WAIT_S, "sink_batch_max_wait_s": SINK_BATCH_MAX_WAIT_S, "kafka_fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "candidates_k_generation": 8, "max_new_tokens": settings.adllm_max_new_tokens},

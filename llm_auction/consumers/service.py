@@ -81,6 +81,7 @@ class _InFlight:
     sends: list[tuple[str, bytes, bytes, int | None]]  # (topic, key, value, partition), to resend
     futures: list[Any]  # kafka-python FutureRecordMetadata, index-aligned with sends
     stamps: list[tuple[float, float | None]]  # per record: (Kafka timestamp ms, polled at ms)
+    sent_ms: float = 0.0  # wall clock when its sends were handed to the producer
     checked: int = 0  # futures[:checked] are known to be done
     attempts: int = 1
 
@@ -146,14 +147,17 @@ class StreamService:
         self.producer = producer
         self.stop = stop or threading.Event()
         self.stats: Counter[str] = Counter()
-        # Per record, ms from its Kafka timestamp to its batch's commit (sent): the latency this hop
-        # adds (bounded; read by benchmarks and health). It splits into delivery (timestamp ->
-        # returned by poll: the upstream producer's linger, the broker, the fetch) and service
-        # (poll -> commit: batching, processing, produce, flush, commit), kept index-aligned for
-        # records the loop polled, so the two parts can be told apart.
+        # Per record, ms from its Kafka timestamp to its batch's settling (outputs acknowledged,
+        # commit sent): the latency this hop adds (bounded; read by benchmarks and health). It
+        # splits into delivery (timestamp -> returned by poll: the upstream producer's linger, the
+        # broker, the fetch) and service (poll -> settled: batching, processing, produce, waiting
+        # for the acks), kept index-aligned for
+        # records the loop polled, so the two parts can be told apart. ``ack_ms`` is the part of
+        # service spent waiting for the broker to acknowledge the batch's outputs.
         self.hop_ms: deque[float] = deque(maxlen=200_000)
         self.delivery_ms: deque[float] = deque(maxlen=200_000)
         self.service_ms: deque[float] = deque(maxlen=200_000)
+        self.ack_ms: deque[float] = deque(maxlen=200_000)
         self._lock = threading.Lock()
         self._same_count: dict[tuple[str, str], bool] = {}
         self._in_flight: deque[_InFlight] = deque()
@@ -261,7 +265,7 @@ class StreamService:
                 offsets[tp] = r.offset + 1
         polled = polled_ms if polled_ms is not None else [None] * len(records)
         stamps = [(r.timestamp, p) for r, p in zip(records, polled) if getattr(r, "timestamp", None)]
-        self._in_flight.append(_InFlight(offsets, self._sends, self._futures, stamps))
+        self._in_flight.append(_InFlight(offsets, self._sends, self._futures, stamps, time.time() * 1000.0))
         self._sends, self._futures = [], []
         self._count("consumed", len(records))
         self._count("produced", len(outcome.outputs))
@@ -294,6 +298,7 @@ class StreamService:
                 polled = [(ts, p) for ts, p in head.stamps if p is not None]
                 self.delivery_ms.extend(p - ts for ts, p in polled)
                 self.service_ms.extend(done_ms - p for _, p in polled)
+                self.ack_ms.extend([done_ms - head.sent_ms] * len(polled))
                 settled.update(head.offsets)
                 self._in_flight.popleft()
         except DeliveryError:
