@@ -95,8 +95,9 @@ def _with_overrides(settings, args):
 
 
 def _serve(args) -> int:
+    from llm_auction.cli import CliError
     from llm_auction.consumers import build
-    from llm_auction.consumers.service import install_signal_handlers
+    from llm_auction.consumers.service import DeliveryError, install_signal_handlers
     from llm_auction.infra.kafka import make_producer
     from llm_auction.schemas.settings import get_settings
 
@@ -124,6 +125,8 @@ def _serve(args) -> int:
         svc = build.sink_service(s, bootstrap, producer, client, stop)
     try:
         stats = svc.run(max_messages=args.max_messages, idle_timeout_s=args.idle_exit)
+    except DeliveryError as e:  # one line; the batch is uncommitted, so a restart replays it
+        raise CliError(str(e)) from None
     finally:
         producer.close()
     print(json.dumps({"service": name, **dict(stats)}))
