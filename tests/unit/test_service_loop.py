@@ -51,6 +51,21 @@ class FakeFuture:
     def __init__(self):
         self.is_done = False
         self.exception = None
+        self.callbacks = []
+
+    def add_callback(self, fn):  # kafka-python calls it with the record's metadata on success (at once if done)
+        if self.is_done:
+            if self.exception is None:
+                fn("metadata")
+        else:
+            self.callbacks.append(fn)
+
+    def complete(self, failing=False):
+        self.is_done = True
+        self.exception = RuntimeError("broker said no") if failing else None
+        if not failing:
+            for fn in self.callbacks:
+                fn("metadata")
 
 
 class FakeProducer:
@@ -78,8 +93,7 @@ class FakeProducer:
     def ack(self):
         for f in self.futures:
             if not f.is_done:
-                f.is_done = True
-                f.exception = RuntimeError("broker said no") if f.failing else None
+                f.complete(f.failing)
 
     def partitions_for(self, topic):
         return self.topic_partitions.get(topic)
@@ -126,11 +140,11 @@ def test_a_batch_is_committed_once_all_its_sends_are_acknowledged_and_in_order()
     svc.process(recs[4:8])
     assert consumer.committed == []  # nothing acknowledged yet: nothing committed
     for f in producer.futures[4:8]:  # the second batch's sends complete first
-        f.is_done = True
+        f.complete()
     svc.settle()
     assert consumer.committed == []  # the first batch still waits: commits go in order
     for f in producer.futures[:4]:
-        f.is_done = True
+        f.complete()
     svc.settle()
     assert consumer.committed == [{("in", 0): 8}] and svc.stats["consumed"] == 8  # both, as one commit
     svc.settle()
@@ -187,25 +201,22 @@ def test_too_many_batches_in_flight_make_the_loop_wait_for_them():
     assert consumer.events == ["flush", "commit"] and consumer.committed == [{("in", 0): 3}]
 
 
-def test_while_batches_are_in_flight_the_loop_polls_briefly():
-    recs = [_rec(i, encode(click(i))) for i in range(2)]
-    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=1, poll_timeout_ms=500, settle_poll_ms=1)
-    timeouts = []
-    orig = consumer.poll
+def test_a_hop_ends_when_the_broker_acknowledged_its_outputs_not_when_the_loop_noticed():
+    import time
 
-    def poll(timeout_ms, max_records):
-        timeouts.append(timeout_ms)
-        if len(timeouts) == 4:
-            producer.ack()
-        if len(timeouts) == 6:
-            svc.stop.set()
-        return orig(timeout_ms=timeout_ms, max_records=max_records)
-
-    consumer.poll = poll
-    svc.run()
-    assert timeouts[0] == 500 and timeouts[1:4] == [1, 1, 1]  # waiting for acks: short polls
-    assert timeouts[4] == 500  # everything settled: back to the configured wait
-    assert consumer.committed[0] == {("in", 0): 2} and consumer.events[0] == "commit"
+    TRec = namedtuple("TRec", "topic partition offset key value timestamp")
+    now = time.time() * 1000.0
+    recs = [TRec("in", 0, i, f"q{i}".encode(), encode(click(i)), now - 10.0) for i in range(2)]
+    svc, consumer, producer = _service(recs, auto_ack=False, batch_size=2)
+    svc.process(recs, [now - 5.0] * 2)  # polled 5 ms after they were produced
+    time.sleep(0.03)
+    producer.ack()  # the broker takes the outputs ~30 ms later...
+    time.sleep(0.1)
+    svc.settle()  # ...and the loop comes round 100 ms after that
+    assert consumer.committed == [{("in", 0): 2}]
+    hop, ack = list(svc.hop_ms), list(svc.ack_ms)
+    assert len(hop) == 2 and all(35 <= h < 100 for h in hop), hop  # ~10 + 30, not ~140
+    assert all(25 <= a < 90 for a in ack), ack
 
 
 def test_poison_and_rejected_go_to_dead_letter_and_the_rest_flows():
