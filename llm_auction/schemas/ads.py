@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WrapValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema, WrapValidator
 
 AdId = Annotated[str, StringConstraints(pattern=r"^Ad-\d{4}$")]
 Bid = Annotated[int, Field(ge=1, le=100)]
@@ -36,6 +36,7 @@ class CandidateAd(Ad):
 
 
 _AD_ID_LINE = re.compile(r"Ad-[0-9]{4}(?: Ad-[0-9]{4})*")
+AD_ID_LINE_JSON_SCHEMA = {"type": "string", "pattern": r"^(Ad-[0-9]{4}( Ad-[0-9]{4})*)?$", "description": "ad ids separated by single spaces"}
 
 
 @lru_cache(maxsize=4096)
@@ -51,7 +52,12 @@ def _ad_ids_from_line(value: Any, handler: Any) -> list[str]:
     return list(_split_ad_ids(value)) if type(value) is str else handler(value)
 
 
-AdIdList = Annotated[list[AdId], WrapValidator(_ad_ids_from_line), PlainSerializer(" ".join, when_used="json")]
+AdIdList = Annotated[
+    list[AdId],
+    WrapValidator(_ad_ids_from_line),
+    PlainSerializer(" ".join, when_used="json"),
+    WithJsonSchema({"anyOf": [AD_ID_LINE_JSON_SCHEMA, {"type": "array", "items": {"type": "string", "pattern": r"^Ad-\d{4}$"}}]}),
+]
 """A list of ad ids that travels as one string, ``"Ad-4820 Ad-3356"`` (a JSON list is read too).
 
 A response lists the ids of the ~100 candidates its model was shown: as a JSON list that was

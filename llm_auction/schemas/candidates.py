@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic_core import core_schema
 
-from .ads import Ad, CandidateAd
+from .ads import AD_ID_LINE_JSON_SCHEMA, Ad, CandidateAd
 from .catalog import load_catalog
 
 _INT = {int}
@@ -191,6 +191,19 @@ class Candidates(Sequence[CandidateAd]):
             handler.generate_schema(list[CandidateAd]),
             serialization=core_schema.plain_serializer_function_ser_schema(lambda v, info: v._serialize(info), info_arg=True),
         )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: Any) -> dict[str, Any]:
+        """Both wire forms: the column object (catalog ads) or a list of whole candidates and
+        ``[ad_id, bid]`` pairs (the version-3 form, still read)."""
+        listed = handler.resolve_ref_schema(handler(schema))  # list[CandidateAd]
+        bid = {"type": "integer", "minimum": 1, "maximum": 100}
+        columns = {
+            "type": "object", "title": "CandidateColumns", "additionalProperties": False, "required": ["ad_ids", "bids"],
+            "properties": {"ad_ids": AD_ID_LINE_JSON_SCHEMA, "bids": {"type": "array", "items": bid, "description": "one bid per ad id, in order"}},
+        }
+        pair = {"type": "array", "prefixItems": [{"type": "string", "pattern": r"^Ad-\d{4}$"}, bid], "minItems": 2, "maxItems": 2}
+        return {"anyOf": [columns, {"type": "array", "items": {"anyOf": [listed["items"], pair]}}]}
 
     @classmethod
     def _validate(cls, value: Any, handler: Any) -> Candidates:

@@ -224,3 +224,34 @@ def test_shown_ad_ids_travel_as_one_string_and_a_list_is_still_read():
         with pytest.raises(SchemaError) as e:
             decode(json.dumps({**wire, "shown_ad_ids": bad}), ResponseEvent)
         assert e.value.field == "shown_ad_ids" and "separated by single spaces" in str(e.value)
+
+
+def test_published_json_schemas_accept_every_wire_form_and_reject_what_decoding_rejects():
+    """The JSON schemas (for producers in other languages) describe what goes on the wire: the
+    column object and the version-3 lists of candidates, and shown ids as one string or a list."""
+    from jsonschema import Draft202012Validator
+
+    q = _catalog_query()
+    odd = CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=9)
+    mixed = _catalog_query(candidates=[odd, *q.candidates[1:3]])
+    v3 = json.loads(encode(q))
+    v3["candidates"] = [[c.ad_id, c.bid] for c in q.candidates]
+    r = ResponseEvent.for_query(q, policy_version="v0", text="t", shown_ad_ids=list(q.candidates.ad_ids[:3]), n_ads=0)
+    listed = {**json.loads(encode(r)), "shown_ad_ids": list(q.candidates.ad_ids[:3])}
+    for model, docs in [(QueryEvent, [json.loads(encode(q)), json.loads(encode(mixed)), v3]), (ResponseEvent, [json.loads(encode(r)), listed])]:
+        for mode in ("validation", "serialization"):
+            check = Draft202012Validator(model.model_json_schema(mode=mode))
+            for doc in docs:
+                assert not list(check.iter_errors(doc)), (model.__name__, mode, [e.message for e in check.iter_errors(doc)][:2])
+    check = Draft202012Validator(QueryEvent.model_json_schema())
+    bad_bid = json.loads(encode(q))
+    bad_bid["candidates"]["bids"][3] = 0
+    bad_ids = json.loads(encode(q))
+    bad_ids["candidates"]["ad_ids"] = "Ad-4820,Ad-3356"
+    bad_pair = {**v3, "candidates": [["Ad-4820", 42, "extra"]]}
+    for doc in (bad_bid, bad_ids, bad_pair):
+        assert list(check.iter_errors(doc)), doc["candidates"]
+        with pytest.raises(SchemaError):
+            decode(json.dumps(doc), QueryEvent)
+    bad_shown = {**json.loads(encode(r)), "shown_ad_ids": "Ad-4820  Ad-3356"}
+    assert list(Draft202012Validator(ResponseEvent.model_json_schema()).iter_errors(bad_shown))
