@@ -44,7 +44,6 @@ _CONFIG_REJECTED = {
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
-    "linger_ms": 5,  # small: the loop is latency-bound, batches still form under load
     "batch_size": 64 * 1024,
     "retries": 5,
     "enable_idempotence": True,  # works with kafka-python on Tansu and Apache Kafka
@@ -273,7 +272,7 @@ def topic_partitions(settings: Settings, bootstrap: str | None, topics: Iterable
 
 def producer_config(settings: Settings, bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
     """What :func:`make_producer` passes to ``KafkaProducer`` (without the key serializer)."""
-    return client_config(settings, bootstrap) | PRODUCER_DEFAULTS | {"metrics_enabled": settings.kafka_client_metrics} | overrides
+    return client_config(settings, bootstrap) | PRODUCER_DEFAULTS | {"linger_ms": settings.kafka_linger_ms, "metrics_enabled": settings.kafka_client_metrics} | overrides
 
 
 def consumer_config(settings: Settings, bootstrap: str | None, group_id: str | None, **overrides: Any) -> dict[str, Any]:
@@ -291,7 +290,7 @@ def consumer_config(settings: Settings, bootstrap: str | None, group_id: str | N
 
 
 def make_producer(settings: Settings, bootstrap: str | None = None, **overrides: Any) -> KafkaProducer:
-    """A producer of bytes values with ``str`` (utf-8) or bytes keys: ``acks=all``, idempotent, small linger.
+    """A producer of bytes values with ``str`` (utf-8) or bytes keys: ``acks=all``, idempotent, linger from settings.
 
     Callers encode values themselves (``schemas.codec.encode``). The key is the ``query_id`` for
     per-query topics, so one query's events share a partition. ``overrides`` win.

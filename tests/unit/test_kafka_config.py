@@ -74,7 +74,7 @@ def test_every_key_is_one_kafka_python_knows():
         assert set(cfg) <= set(cls.DEFAULT_CONFIG), cls.__name__
     assert set(PRODUCER_DEFAULTS) <= set(KafkaProducer.DEFAULT_CONFIG)
     assert set(CONSUMER_DEFAULTS) <= set(KafkaConsumer.DEFAULT_CONFIG)
-    assert PRODUCER_DEFAULTS["acks"] == "all" and PRODUCER_DEFAULTS["linger_ms"] == 5
+    assert PRODUCER_DEFAULTS["acks"] == "all"
     assert CONSUMER_DEFAULTS["enable_auto_commit"] is False and CONSUMER_DEFAULTS["auto_offset_reset"] == "earliest"
 
 
@@ -127,9 +127,11 @@ def test_consumer_config_follows_settings_and_overrides():
 
 
 def test_producer_config_is_acks_all_idempotent_and_overridable():
-    cfg = producer_config(_settings(), None, linger_ms=0)
-    assert cfg["acks"] == "all" and cfg["enable_idempotence"] is True and cfg["retries"] > 0
-    assert cfg["linger_ms"] == 0 and cfg["bootstrap_servers"] == ["k1:9092", "k2:9093"]
+    cfg = producer_config(_settings(), None, retries=2)
+    assert cfg["acks"] == "all" and cfg["enable_idempotence"] is True and cfg["retries"] == 2
+    assert cfg["linger_ms"] == 0 and cfg["bootstrap_servers"] == ["k1:9092", "k2:9093"]  # the setting's default
+    assert producer_config(_settings(kafka_linger_ms=5), None)["linger_ms"] == 5
+    assert producer_config(_settings(kafka_linger_ms=5), None, linger_ms=1)["linger_ms"] == 1  # overrides win
 
 
 def test_client_metrics_are_off_unless_asked_for():
