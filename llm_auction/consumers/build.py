@@ -69,7 +69,9 @@ def responder_service(settings: Settings, bootstrap: str, producer, backend, pic
 
 
 def clicker_service(settings: Settings, bootstrap: str, producer, simulator, stop: threading.Event | None = None) -> StreamService:
-    cfg = ServiceConfig("user-sim", "llma-user-sim", {RESPONSES: ResponseEvent}, batch_size=64, batch_max_wait_s=0.1)
+    # No batch window: the click model is cheap per response and batches grow with load anyway
+    # (what one poll returns); a window only delays responses at light load (see service.py).
+    cfg = ServiceConfig("user-sim", "llma-user-sim", {RESPONSES: ResponseEvent}, batch_size=64, batch_max_wait_s=0.0)
     return _service(settings, bootstrap, cfg, ClickerHandler(simulator), producer, stop)
 
 

@@ -32,7 +32,11 @@ handler that raises on a whole batch is retried item by item, so one poison mess
 block its neighbours.
 
 Batches close on size or on age (``batch_max_wait_s`` after their first record), which is what
-the sink needs (large, time-bounded inserts) and the responder needs (model-sized batches).
+the sink needs (large, time-bounded inserts) and the responder needs (model-sized batches). With
+``batch_max_wait_s=0`` a batch is what one poll returns: it grows with load, and nothing waits
+for company when the loop is idle. That is the setting for a latency-bound hop, also because an
+open window makes the loop poll with the few ms left, and kafka-python's short polls delay the
+fetches themselves (delivery p99 ~110 ms against ~25 ms, one echo service at 200 msg/s).
 Shutdown is graceful: set ``stop`` (the CLI does it on SIGTERM/SIGINT), the current batch is
 finished and committed, then the consumer closes.
 """
