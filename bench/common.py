@@ -30,8 +30,8 @@ def python_speed_s(n: int = 5_000_000) -> float:
 
 
 class StealMeter:
-    """Share of CPU time the hypervisor gave to other guests ("steal" in /proc/stat) between
-    ``start`` and ``share``. On a shared VM it tells a slow run caused by neighbours from one
+    """Share of CPU time the hypervisor gave to other guests ("steal" in /proc/stat) between this
+    object's creation and ``share()``. On a shared VM it tells a slow run caused by neighbours from one
     caused by the code; None where /proc/stat has no steal column (not Linux)."""
 
     def __init__(self) -> None:

@@ -16,13 +16,14 @@ own rate is reported beside it). Three passes over the first ``--queries`` queri
    same queries replayed ``--repeats`` times (fresh ids and bids), so the pass lasts long enough
    that a moment of a noisy machine does not decide the figure;
 3. latency, paced at ``--rate`` queries/s (default: the goal's 2,000, or half the measured
-   throughput when that is lower, so that the pass measures latency, not a growing queue): per hop, p50/p99 of the time from a record's Kafka
-   timestamp to the commit of its batch (the latency that hop adds: delivery, queueing,
-   batching, processing, produce and commit). At a rate the loop cannot sustain this is
-   queueing delay, and the table says so. Each record's hop splits into delivery (Kafka
-   timestamp -> returned by poll: upstream linger, broker, fetch) and service (poll -> settled:
-   batching, processing, produce, and waiting for the broker to acknowledge the outputs, which
-   is reported apart as "ack"), so what the broker costs and what the code costs are told apart.
+   throughput when that is lower, so that the pass measures latency, not a growing queue): per
+   hop, p50/p99 of the time from a record's Kafka timestamp to the broker's acknowledgement of
+   its batch's last output (the sink: to its insert), when the next hop can read it. At a rate
+   the loop cannot sustain this is queueing delay, and the table says so. Each record's hop
+   splits into delivery (Kafka timestamp -> returned by poll: upstream producer, broker, fetch)
+   and service (poll -> acknowledged: batching, processing, producing, and waiting for the acks,
+   which is reported apart as "ack"), so what the broker costs and what the code costs are told
+   apart.
 
 Then, with the services stopped, a bare producer and a bare consumer (same client settings, no
 work) send the latency pass's queries through the broker at the same rate: the delivery floor,
@@ -72,7 +73,7 @@ from llm_auction.schemas.topics import QUERIES  # noqa: E402
 
 HOPS = {"responder": "queries -> responses", "user-sim": "responses -> clicks", "sink": "events -> ClickHouse"}
 STATS = ("consumed", "produced", "dead_lettered")
-SPLIT = ("hop", "delivery", "service", "ack")  # per record: hop = delivery (Kafka timestamp -> poll) + service (poll -> settled); ack: the part of service waiting for the broker's acks
+SPLIT = ("hop", "delivery", "service", "ack")  # per record: hop = delivery (Kafka timestamp -> poll) + service (poll -> acknowledged); ack: the part of service waiting for the broker's acks
 PHASES = ("warm-up", "throughput", "latency")
 # Responder and user simulator: no batch window, a batch is what one poll returns (up to 256), so
 # batches grow with load and no record waits for company when the loop is idle. A window makes the
@@ -411,7 +412,7 @@ def main(argv=None) -> int:
     ]
     for h in HOPS:
         rows.append((f"hop {h} ({HOPS[h]}) p50 / p99", f"{p['hop_p50_ms'][h]} / {p['hop_p99_ms'][h]} ms", "p99 < 5 ms"))
-        rows.append(("  of which delivery (Kafka timestamp -> poll) / service (poll -> settled), p99", f"{p['delivery_p99_ms'][h]} / {p['service_p99_ms'][h]} ms", ""))
+        rows.append(("  of which delivery (Kafka timestamp -> poll) / service (poll -> acknowledged), p99", f"{p['delivery_p99_ms'][h]} / {p['service_p99_ms'][h]} ms", ""))
         rows.append(("  service's wait for the broker's acks, p50 / p99", f"{p['ack_p50_ms'][h]} / {p['ack_p99_ms'][h]} ms", ""))
     fl, rt = p["delivery_floor_ms"], p["produce_round_trip_floor_ms"]
     rows.append(("delivery floor: bare producer -> bare consumer on this broker, same rate, p50 / p99", f"{fl['p50']} / {fl['p99']} ms", ""))

@@ -12,7 +12,7 @@ Waiting for the acks in place (``producer.flush()``) blocked every batch for a p
 (3-6 ms p50 on the local broker, more at p99) while the next records queued behind it. The loop
 does not poll faster to notice acks sooner either: kafka-python hands every poll to its IO thread,
 and 1 ms polls measurably delayed the fetches themselves (record delivery p99 ~110 ms against
-~40 ms with 50 ms polls, one echo service at 200 msg/s); a commit that waits for the next poll
+~25 ms with long polls, one echo service at 200 msg/s); a commit that waits for the next poll
 costs nothing but a slightly longer replay after a crash. Latency figures take the instant of the
 broker's last acknowledgement (a producer callback), which is when the downstream can read. A send
 that failed after the producer's own retries is sent again (``ServiceConfig.send_attempts`` in
@@ -98,7 +98,7 @@ class _InFlight:
         self.attempts = 1
 
     def acked(self, _metadata=None) -> None:
-        self.acked_ms = time.time() * 1000.0  # acks arrive in order per partition; the last one wins
+        self.acked_ms = time.time() * 1000.0  # the last callback to run leaves the latest time
 
     def done(self) -> bool:
         futures, i = self.futures, self.checked
@@ -161,13 +161,12 @@ class StreamService:
         self.producer = producer
         self.stop = stop or threading.Event()
         self.stats: Counter[str] = Counter()
-        # Per record, ms from its Kafka timestamp to its batch's settling (outputs acknowledged,
-        # commit sent): the latency this hop adds (bounded; read by benchmarks and health). It
-        # splits into delivery (timestamp -> returned by poll: the upstream producer's linger, the
-        # broker, the fetch) and service (poll -> settled: batching, processing, produce, waiting
-        # for the acks), kept index-aligned for
-        # records the loop polled, so the two parts can be told apart. ``ack_ms`` is the part of
-        # service spent waiting for the broker to acknowledge the batch's outputs.
+        # Per record, ms from its Kafka timestamp to the broker's acknowledgement of its batch's
+        # last output (a batch with no outputs: to its handling): the latency this hop adds
+        # (bounded; read by benchmarks and health). It splits into delivery (timestamp -> returned
+        # by poll: the upstream producer, the broker, the fetch) and service (poll -> acknowledged:
+        # batching, processing, producing), kept index-aligned for records the loop polled, so the
+        # two parts can be told apart. ``ack_ms`` is the part of service spent waiting for the acks.
         self.hop_ms: deque[float] = deque(maxlen=200_000)
         self.delivery_ms: deque[float] = deque(maxlen=200_000)
         self.service_ms: deque[float] = deque(maxlen=200_000)
@@ -192,11 +191,16 @@ class StreamService:
         log_event(log, "dead-lettered a record", logging.WARNING, service=self.config.name, topic=record.topic, offset=record.offset, reason=reason[:300])
 
     def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
-        batch = self._batch
+        """Produce one output of the batch being processed, kept for a resend until it is acked."""
+        send = (topic, key, value, partition)
+        self._batch.sends.append(send)
+        self._batch.futures.append(self._produce(self._batch, send))
+
+    def _produce(self, batch: _InFlight, send: tuple[str, bytes, bytes, int | None]) -> Any:
+        topic, key, value, partition = send
         future = self.producer.send(topic, key=key, value=value, partition=partition)
         future.add_callback(batch.acked)
-        batch.sends.append((topic, key, value, partition))
-        batch.futures.append(future)
+        return future
 
     def _committed(self, offsets, response) -> None:
         """commit_async's callback (kafka-python's IO thread): count and log a failed commit."""
@@ -293,8 +297,9 @@ class StreamService:
         """Commit, oldest first, the batches in flight whose sends have all been acknowledged.
 
         ``wait``: flush the producer, so every batch in flight settles (or fails). ``sync``: wait
-        for the commit's answer too, and commit everything settled so far (shutdown). A batch with a failed send has it sent again and blocks the batches behind it
-        from being committed; after ``send_attempts`` it raises :class:`DeliveryError`.
+        for the commit's answer too, and commit everything settled so far (shutdown). A batch with
+        a failed send has it sent again and holds back the commits of the batches behind it; after
+        ``send_attempts`` it raises :class:`DeliveryError`.
         """
         settled: dict[Any, int] = {}
         try:
@@ -343,9 +348,7 @@ class StreamService:
         self._count("sends_retried", len(failed))
         log_event(log, "outputs failed after the producer's retries; sending them again, their batch stays uncommitted", logging.WARNING, service=self.config.name, failed=len(failed), attempt=batch.attempts, errors=errors[:3])
         for i in failed:
-            topic, key, value, partition = batch.sends[i]
-            batch.futures[i] = self.producer.send(topic, key=key, value=value, partition=partition)
-            batch.futures[i].add_callback(batch.acked)
+            batch.futures[i] = self._produce(batch, batch.sends[i])
         batch.checked = min(failed)
 
     # -- the loop --------------------------------------------------------------------------
