@@ -100,6 +100,15 @@ class _InFlight:
     def acked(self, _metadata=None) -> None:
         self.acked_ms = time.time() * 1000.0  # the last callback to run leaves the latest time
 
+    def done_at_ms(self) -> float:
+        """When the hop was done: the broker's last ack (from then on the downstream can read it),
+        not when the loop came round to notice; a batch with nothing to send, when it was handled."""
+        if not self.futures:
+            return self.sent_ms
+        if not self.acked_ms:  # done, but the last callback has not run yet (it runs just after)
+            return time.time() * 1000.0
+        return max(self.acked_ms, self.sent_ms)
+
     def done(self) -> bool:
         futures, i = self.futures, self.checked
         while i < len(futures) and futures[i].is_done:
@@ -253,7 +262,8 @@ class StreamService:
         return same
 
     def process(self, records: Sequence[Any], polled_ms: Sequence[float] | None = None) -> None:
-        """Decode, handle, produce, dead-letter, flush, commit: one batch, at-least-once.
+        """Decode, handle, produce, dead-letter, then queue the batch to be committed once its
+        outputs are acknowledged (:meth:`settle`): one batch, at-least-once.
 
         ``polled_ms``: per record, the wall-clock ms when poll returned it (for the latency split).
         """
@@ -315,10 +325,7 @@ class StreamService:
                 if failed:
                     self._resend(head, failed)
                     continue
-                # The hop is done when the broker took its last output (the downstream can read it
-                # from then on), not when this loop comes round to notice: acked_ms, stamped by the
-                # producer's callback; a batch with nothing to send is done when it was handled.
-                done_ms = max(head.acked_ms, head.sent_ms) if head.acked_ms or not head.futures else time.time() * 1000.0
+                done_ms = head.done_at_ms()
                 self.hop_ms.extend(done_ms - ts for ts, _ in head.stamps)
                 polled = [(ts, p) for ts, p in head.stamps if p is not None]
                 self.delivery_ms.extend(p - ts for ts, p in polled)
