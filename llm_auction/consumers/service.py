@@ -1,44 +1,34 @@
 """The one consume -> process -> produce -> commit loop every streaming service runs.
 
-Delivery is at-least-once: a batch's offsets are committed only after the broker acknowledged
-every one of its outputs (or the handler wrote them to ClickHouse), so a crash replays the batch;
-downstream deduplicates by ``event_id``.
+Contract:
 
-The loop does not stop to wait for those acknowledgements. A processed batch joins a queue of
-batches *in flight* and the loop goes back to polling; each time round, the batches at the head
-of the queue whose sends have all completed are settled: their offsets (explicit ones: never the
-consumer's position, which is already past the batches still in flight) are committed in order.
-Waiting for the acks in place (``producer.flush()``) blocked every batch for a produce round trip
-(3-6 ms p50 on the local broker, more at p99) while the next records queued behind it. The loop
-does not poll faster to notice acks sooner either: kafka-python hands every poll to its IO thread,
-and 1 ms polls measurably delayed the fetches themselves (record delivery p99 ~110 ms against
-~25 ms with long polls, one echo service at 200 msg/s); a commit that waits for the next poll
-costs nothing but a slightly longer replay after a crash. Latency figures take the instant of the
-broker's last acknowledgement (a producer callback), which is when the downstream can read. A send
-that failed after the producer's own retries is sent again (``ServiceConfig.send_attempts`` in
-all) and its batch stays uncommitted meanwhile; after the last attempt the service stops with
-:class:`DeliveryError`, leaving the batch uncommitted, so that a restart replays it (before,
-``flush()`` returned on failed sends too and the commit passed over outputs that were never
-written). At most ``max_in_flight_batches`` wait at once; beyond that the loop waits for them
-all. The commit itself is sent without waiting for its answer (``commit_async``): a lost
-commit only replays work that is already deduplicated. At shutdown everything in flight is
-waited for and committed synchronously. A rebalance needs no hook: a batch still in flight when
-its partition moves is committed late or not at all, and either way its new owner replays at most
-work that is deduplicated downstream, never skips any (only acknowledged work is committed).
+- **At least once.** A batch's offsets are committed only after the broker acknowledged every
+  output of the batch (or the handler wrote them to ClickHouse), and in order, with explicit
+  offsets. A crash therefore replays work, never skips it; downstream deduplicates by event
+  identity, so a replay is harmless.
+- **Non-blocking acks.** A processed batch joins a queue of batches in flight (at most
+  ``max_in_flight_batches``) and the loop goes back to polling; batches whose sends have all
+  completed are committed from the head of the queue. Waiting in place (``producer.flush()``)
+  would stall every batch for a produce round trip. The commit is sent without waiting for its
+  answer (``commit_async``): a lost commit only replays deduplicated work. At shutdown
+  everything in flight is waited for and committed synchronously.
+- **Refused outputs.** An output the producer gave up on is sent again (``send_attempts`` in
+  all) and its batch stays uncommitted; after the last attempt the service stops with
+  :class:`DeliveryError`, so a restart replays the batch.
+- **Poison messages.** A record that does not decode, or that the handler rejects, goes to
+  ``auction.dead-letter`` with the reason and is counted; a batch whose handler raises is retried
+  item by item, so one bad record cannot block its neighbours.
+- **Batches** close on size or on age (``batch_max_wait_s`` after their first record): the sink
+  wants large, time-bounded inserts and the responder model-sized batches. With
+  ``batch_max_wait_s=0`` a batch is what one poll returns, the setting for a latency-bound hop
+  (short polls slow kafka-python's fetches). A hop ends at the broker's last acknowledgement of
+  the batch's outputs (a producer callback), which is when the next hop can read them.
+- **Shutdown** is graceful: set ``stop`` (the CLI does on SIGTERM/SIGINT); the current batch is
+  finished and committed, then the consumer closes. A rebalance needs no hook: a batch in flight
+  when its partition moves is committed late or not at all, and only acknowledged work is
+  ever committed.
 
-A record that cannot be decoded, or that the handler rejects,
-goes to ``auction.dead-letter`` with the reason and is counted; the service keeps running. A
-handler that raises on a whole batch is retried item by item, so one poison message cannot
-block its neighbours.
-
-Batches close on size or on age (``batch_max_wait_s`` after their first record), which is what
-the sink needs (large, time-bounded inserts) and the responder needs (model-sized batches). With
-``batch_max_wait_s=0`` a batch is what one poll returns: it grows with load, and nothing waits
-for company when the loop is idle. That is the setting for a latency-bound hop, also because an
-open window makes the loop poll with the few ms left, and kafka-python's short polls delay the
-fetches themselves (delivery p99 ~110 ms against ~25 ms, one echo service at 200 msg/s).
-Shutdown is graceful: set ``stop`` (the CLI does it on SIGTERM/SIGINT), the current batch is
-finished and committed, then the consumer closes.
+Measurements behind these choices are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
