@@ -4,41 +4,23 @@ Applied versions are recorded (with a checksum of the file) in ``llm_auction.sch
 a second run applies nothing. Editing a migration that was already applied is refused: add a new
 one instead, so every warehouse reaches the same schema by the same steps.
 
-Deduplication: why reads go through FINAL instead of insert-time tricks
------------------------------------------------------------------------
-Delivery is at least once: the sink commits Kafka offsets after its insert returns, so a crash
-or a rebalance re-inserts a batch, and after a restart the replay is *re-batched* (the consumer
-polls from the committed offset with whatever batch boundaries the broker hands it). Two ways
-to keep such a replay from counting twice were weighed:
+Deduplication contract. Delivery is at least once, and a replay after a restart is *re-batched*
+(other batch boundaries), so insert-block deduplication (``insert_deduplication_token``, block
+hashes), which only drops a block identical to one seen before, cannot catch it; materialized
+views would then count the replayed events twice. Instead:
 
-- Insert deduplication (``insert_deduplication_token`` or block hashes, with
-  ``non_replicated_deduplication_window`` and ``deduplicate_blocks_in_dependent_materialized_views``)
-  drops a *block identical* to one seen before, and materialized views fire per inserted block.
-  A re-batched replay is not identical (other boundaries, some events old, some new), so its
-  old events would land again and every incremental aggregate fed by a view would count them
-  twice. It also depends on a window of remembered hashes per table.
-- ReplacingMergeTree keyed by event identity, with every count read from deduplicated rows:
-  correct for any overlap, any batch shape, any number of replays, on a server and in chdb alike.
+- every event table is ``ReplacingMergeTree ORDER BY (ts, event_id)``: a Kafka replay repeats
+  both exactly, so a duplicate collapses onto its original (and lands in the same day partition);
+- every aggregate (``revenue_per_minute``, ``revenue_by_policy``, ``impressions``) reads ``FINAL``
+  rows at query time: there is no pre-aggregated state a duplicate could reach.
 
-The warehouse uses the second. The event tables are ``ReplacingMergeTree ORDER BY (ts, event_id)``
-(a replay repeats both exactly: events are frozen JSON), and the aggregate views
-(``revenue_per_minute``, ``revenue_by_policy``) aggregate ``FINAL`` rows at read time, so there is
-no pre-aggregated state that a duplicate could have reached. FINAL stays cheap because ts leads
-the key: a time-ordered stream gives batches disjoint key ranges, and ClickHouse merges at read
-time only the ranges that overlap (the replayed ones); ``bench/warehouse.py`` measures it. (It
-also relies on ``optimize_on_insert``, on by default: an inserted part is born deduplicated, at
-level 1, which is what lets FINAL read it without merging; turning it off makes FINAL merge
-everything.) A
-duplicate shares its original's ts, hence its day partition. ``impressions`` joins FINAL rows too.
-``tests/integration/test_warehouse.py`` proves it: re-inserting a 100,000-row batch, and a
-re-sliced overlapping replay, leave every view unchanged.
-
-The identity of an event is therefore (ts, event_id). A Kafka replay repeats both. A producer that
-*re-creates* an event on its own replay must repeat both too (derive the id, and take ts from its
-input rather than the clock): the same id with a new ts is a new row, as it would be anyway once
-the new ts fell on another day's partition. Keying on event_id alone would lift that rule for
-same-day duplicates, at a price measured here: every part then overlaps every other, and the
-per-policy FINAL read of 1M clicks went from about 15 ms to about 330 ms on 2 cores.
+FINAL stays cheap because ``ts`` leads the key: a time-ordered stream gives batches disjoint key
+ranges, so only replayed ranges need merging at read time (this relies on ``optimize_on_insert``,
+on by default). Hence an event's identity is ``(ts, event_id)``: a producer that re-creates an
+event when it replays its own input must derive the id *and* take ts from its input, not the
+clock. Keying on ``event_id`` alone would make every part overlap every other and FINAL reads far
+dearer (figures in docs/benchmarks.md). ``tests/integration/test_warehouse.py`` checks that
+re-inserting a batch, and a re-sliced overlapping replay, leave every view unchanged.
 """
 
 from __future__ import annotations

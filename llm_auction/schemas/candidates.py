@@ -1,21 +1,18 @@
 """A query's candidate ads as two columns, ad ids and bids; a model is built only when asked for.
 
-Why: every hop that reads queries (the responder and the sink) decoded a query's 100 candidates
-into 100 ``CandidateAd`` models and then walked them again and again: the title check, the
-highest bid, the shown ids, the warehouse's bids map. Sampled with py-spy in bench/pipeline.py,
-that was about half of both services' CPU, most of it spent touching objects that had left the
-CPU cache. A candidate that is a catalog ad as is (``llm_auction/data/ads.jsonl``: same id, title
-and category) is fully described by its id and its bid, so :class:`Candidates` keeps those two
-columns, plus whole models for the few candidates that are not catalog ads.
+Contract: :class:`Candidates` is a read-only sequence of ``CandidateAd``. ``len``, indexing,
+iteration, slicing (which gives ``Candidates``) and ``==`` against a list of models behave as on a
+list. A candidate that is a catalog ad as is (``llm_auction/data/ads.jsonl``: same id, title and
+category) is kept as its id and bid; any other candidate is kept as a whole model. Models are
+built on access, from a cache shared by every query (at most 100 ads x 100 bids).
 
-It is a read-only sequence of ``CandidateAd``. ``len``, indexing, iteration, slicing (which
-gives ``Candidates``) and ``==`` against a list of models behave as on the list it replaces. A
-model is built on access, from a cache shared by every query (at most 100 ads x 100 bids).
+Why: the responder and the sink walk a query's candidates several times (title check, highest
+bid, shown ids, the warehouse's bids map); building and touching 100 models per query was a large
+share of both services' CPU (see docs/benchmarks.md).
 
 On the wire (schema version 4), a query whose candidates are all catalog ads carries one object,
-``{"ad_ids": "Ad-4820 Ad-3356 ...", "bids": [42, 7, ...]}``: one string and one list of small
-integers. The JSON parser reads that about five times faster than 100 ``[ad_id, bid]`` pairs
-(3.5 vs 18 us a query here). Any other query carries a list: ``[ad_id, bid]`` for catalog ads and
+``{"ad_ids": "Ad-4820 Ad-3356 ...", "bids": [42, 7, ...]}``, cheaper to parse and about a seventh
+of the size of the list form. Any other query carries a list: ``[ad_id, bid]`` for catalog ads and
 whole objects for the others (the schema-version-3 form, which is still read). A compact id that
 the local catalog lacks, or a bid outside 1..100, is a schema error like any other.
 """

@@ -1,19 +1,13 @@
 """numpy's ``default_rng(entropy).random()`` stream, computed with Python ints: the per-response RNG.
 
-The embedding simulator draws each response's clicks from its own generator, seeded from the
-simulator's seed and the response's id, so a response gets the same clicks in any batch and any
-order. With ``np.random.default_rng([seed, low, high])`` building that generator cost more than
-scoring the response: 17-21 us in a tight loop, 40-50 us timed inside the clicker handler, mostly
-the SeedSequence's hashing, which numpy runs element by element on small arrays, and three
-objects built for the one or two uniforms a response needs.
-
-:class:`SeededPCG64` computes the same numbers (bit for bit; tests/unit/test_user_sim_rng.py
-compares both on thousands of seeds) with plain integer arithmetic: 14 us in the loop, 17-21 us
-in the handler, whose CPU time per response fell by 20-35 us. That is more than the loop predicts,
-and callgrind even counts 2% more instructions per response than with numpy: numpy's path seems
-to slow the rest of the handler through the caches, which an instruction count does not see.
-numpy keeps these streams stable across releases (NEP 19), so the transcription does not
-drift. The algorithms, from numpy's sources:
+Contract: the embedding simulator draws each response's clicks from its own generator, seeded
+from the simulator's seed and the response's id, so a response gets the same clicks in any batch
+and any order. :class:`SeededPCG64` yields the same numbers as
+``np.random.default_rng([seed, low, high]).random()``, bit for bit
+(tests/unit/test_user_sim_rng.py compares both on thousands of seeds); numpy keeps these streams
+stable across releases (NEP 19), so the transcription does not drift. It exists because building a
+numpy generator per response cost more than scoring the response (per-response timings in
+docs/benchmarks.md). The algorithms, from numpy's sources:
 
 - ``SeedSequence`` (numpy/random/bit_generator.pyx): the entropy words are hashed into a pool of
   4 words, each pool word is mixed with the hash of every other, and the state words are hashes of
