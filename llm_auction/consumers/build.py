@@ -48,13 +48,14 @@ def open_backend(settings: Settings, model_path: Path | None = None):
 
 
 def candidate_picker(settings: Settings, encoder=None):
-    """Top-K candidates by relevance when ``candidates_k`` is set, else every candidate."""
-    if settings.candidates_k is None:
-        return None
-    from llm_auction.models.retrieval import top_k_candidates
+    """Top-K candidates by relevance when ``candidates_k`` is set, else every candidate (None).
 
-    k = settings.candidates_k
-    return lambda q: top_k_candidates(q, k, encoder)
+    The function is :func:`llm_auction.models.retrieval.candidate_picker`, shared with IRPO's
+    sampler so a policy trains on the candidates it is shown when serving.
+    """
+    from llm_auction.models.retrieval import candidate_picker as picker
+
+    return picker(settings.candidates_k, encoder)
 
 
 def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, producer, stop) -> StreamService:

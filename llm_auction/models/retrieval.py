@@ -62,3 +62,15 @@ class RetrievalSelector:
 
     def __call__(self, query: QueryEvent) -> list[CandidateAd]:
         return top_k_candidates(query, self.k, self.encoder)
+
+
+def candidate_picker(k: int | None, encoder: TextEncoder | None = None) -> RetrievalSelector | None:
+    """The candidate narrowing the responder applies before prompting, and IRPO's sampler with it.
+
+    ``k`` set: the top ``k`` candidates by relevance (:func:`top_k_candidates`); ``None``: no
+    narrowing (every candidate is listed), returned as ``None``. One function for both, so a policy
+    is trained on exactly the candidates it is shown when serving.
+    """
+    if k is None:
+        return None
+    return RetrievalSelector(encoder, k)  # type: ignore[arg-type]  # an encoder is needed only when k < candidates
