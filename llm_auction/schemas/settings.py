@@ -1,7 +1,7 @@
 """Runtime configuration: one pydantic-settings model, read from ``LLMA_*`` environment variables.
 
-Every knob a service reads lives here, with its default and a one-line description; the README
-settings table is generated from this model (``llm-auction settings --markdown``) and a test
+Every knob a service reads lives here, with its default and a one-line description; the settings
+table in docs/settings.md is generated from this model (``make docs-settings``) and a test
 keeps the two equal.
 """
 

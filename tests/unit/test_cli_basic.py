@@ -85,6 +85,6 @@ def test_world_command_writes_a_small_world(tmp_path, capsys):
     assert (tmp_path / "queries.jsonl").read_text().count("\n") == 50
 
 
-def test_readme_settings_table_matches_the_code():
-    readme = (ROOT / "README.md").read_text()
-    assert settings_markdown_table() in readme, "README settings table is stale: run `llm-auction settings --markdown`"
+def test_docs_settings_table_matches_the_code():
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert settings_markdown_table() in page, "docs/settings.md settings table is stale: run `make docs-settings`"
