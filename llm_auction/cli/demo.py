@@ -53,7 +53,7 @@ def _demo(args) -> int:
 
     log = logging.getLogger("llm_auction.demo")
     upd = {k: v for k, v in (("adllm_backend", args.backend), ("adllm_model", Path(args.model) if args.model else None)) if v is not None}
-    s = get_settings().model_copy(update=upd)
+    s = get_settings().with_overrides(**upd)  # validated: a bad value fails now, in one line
     step = lambda msg, **kw: log_event(log, msg, **kw)  # noqa: E731
 
     root = s.data_dir / "world"

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A setting with a value its field refuses; the message is one line naming each one."""
 
 
 class Settings(BaseSettings):
@@ -65,6 +69,19 @@ class Settings(BaseSettings):
     stream_flush_interval_s: float = Field(1.0, gt=0, description="Stream app: max seconds a joined impression waits before its batch is inserted.")
     stream_producer_max_batch_size: int = Field(1, ge=1, description="Stream app: max bytes per producer batch (changelogs). 1: one record per batch, which Tansu needs (its end offsets count batches, and table recovery reads up to them); raise on Apache Kafka.")
 
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """These settings with ``overrides``, validated like the environment (a new object).
+
+        ``model_copy(update=...)`` does not validate, so a command-line override such as
+        ``--batch-size 0`` used to pass and fail later, deep in a service. Building a new model
+        from the current values plus the overrides runs every field's checks now; a refused value
+        raises :class:`SettingsError` (a ``ValueError``: the CLI prints it as one line, exit 2).
+        """
+        try:
+            return type(self).model_validate({**self.model_dump(), **overrides})
+        except ValidationError as e:
+            raise SettingsError(describe_validation_error(e)) from None
+
     def resolved_stream_clickhouse_url(self) -> str:
         return self.stream_clickhouse_url or self.resolved_clickhouse_url()
 
@@ -78,6 +95,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests build their own ``Settings(...)``)."""
     return Settings()
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line for a settings validation error: ``field (LLMA_FIELD) = value: why`` per problem."""
+    parts = []
+    for err in e.errors():
+        name = ".".join(str(x) for x in err.get("loc", ())) or "?"
+        shown = f" = {err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{name} (LLMA_{name.upper()}){shown}: {err.get('msg', 'invalid')}")
+    return "invalid setting: " + "; ".join(parts)
 
 
 def settings_markdown_table() -> str:
