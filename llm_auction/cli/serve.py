@@ -91,7 +91,7 @@ def _with_overrides(settings, args):
         upd["adllm_batch_size" if args.service_name == "responder" else "sink_batch_size"] = args.batch_size
     if getattr(args, "candidates", None) is not None:
         upd["candidates_k"] = args.candidates or None
-    return settings.model_copy(update=upd)
+    return settings.with_overrides(**upd)  # validated: `--batch-size 0` fails here, in one line
 
 
 def _serve(args) -> int:

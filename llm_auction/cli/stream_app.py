@@ -29,6 +29,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
+def pctr_config(settings, args):
+    """The retrain's PctrConfig, built with the overrides so that its checks run on them.
+
+    Setting fields after construction skipped ``PctrConfig.__post_init__``: ``--holdout 1.5``
+    surfaced minutes later as a failed retrain on every tick. A refused value raises
+    ``ValueError`` now (one line, exit code 2).
+    """
+    from llm_auction.trainer.pctr_fit import PctrConfig
+
+    if args.patience is not None and args.patience < 0:
+        raise ValueError(f"--patience must be 0 (never stop early) or more, got {args.patience}")
+    given = {"holdout_fraction": args.holdout, "epochs": args.epochs, "early_stop_patience": args.patience}
+    return PctrConfig(seed=settings.seed, progress=False, **{k: v for k, v in given.items() if v is not None})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stream-app",
@@ -43,9 +58,9 @@ def run(args) -> int:
     from llm_auction.infra.kafka import ensure_topics
     from llm_auction.schemas.settings import get_settings
     from llm_auction.stream_app.app import StreamTopics, create_app, run_worker
-    from llm_auction.trainer.pctr_fit import PctrConfig
 
     s = get_settings()
+    cfg = pctr_config(s, args)  # before anything connects: a bad value fails at once
     bootstrap = _bootstrap(s)
     d = StreamTopics()
     topics = StreamTopics(
@@ -54,13 +69,6 @@ def run(args) -> int:
     )
     if topics == d:
         ensure_topics(s, bootstrap)  # idempotent; the app's own changelog topics are Faust's
-    cfg = PctrConfig(seed=s.seed, progress=False)
-    if args.holdout is not None:
-        cfg.holdout_fraction = args.holdout
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.patience is not None:
-        cfg.early_stop_patience = args.patience
     app = create_app(s, bootstrap, app_id=args.app_id, topics=topics, partitions=args.partitions, registry_dir=args.registry, pctr_config=cfg)
     rc = run_worker(app, loglevel=s.log_level)
     stats = app.stream_ctx["stats"]
