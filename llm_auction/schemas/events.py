@@ -157,13 +157,20 @@ class ClickEvent(Event):
 
 
 class PolicyVersion(Event):
-    """A published Ad-LLM policy (full weights or an adapter) that responders may serve."""
+    """A published Ad-LLM policy (full weights or a LoRA adapter over ``base_model``) that responders may serve.
+
+    ``uri`` is the version's folder as a plain path, what ``AdLLM.load_policy(version, uri, kind)``
+    opens; ``sha256`` identifies the whole folder (the registry's hash over all its files);
+    ``pctr_version`` is the reward model the epoch that made it was scored with.
+    """
 
     version: NonEmpty
     parent: str | None = None
     uri: NonEmpty
     kind: Literal["full", "lora"] = "full"
     base_model: str = ""
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    pctr_version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
 
 

@@ -1,11 +1,22 @@
 """A versioned, file-based model registry: ``<root>/<kind>/<kind>-NNNN/`` with a manifest.
 
-One registry layout for pCTR models now and Ad-LLM policy versions later::
+One registry layout for pCTR models and Ad-LLM policy versions::
 
     <root>/pctr/pctr-0001/model.onnx        the main artifact (its sha256 is in the manifest)
                           model.json        anything else published with it (sidecar, weights)
                           manifest.json     version, parent, created, metrics, data window,
-                                            sha256, promoted, n_train
+                                            sha256, file_sha256, promoted, n_train
+    <root>/policy/policy-0001/adapter_model.safetensors   a LoRA adapter over the base model
+                              adapter_config.json
+                              irpo_samples.parquet         the epoch's audit files
+                              irpo_pairs.parquet
+                              manifest.json                parent, base model, pCTR version,
+                                                           the epoch's config, data window, metrics
+
+Identity: a pCTR version is its ONNX file's sha256; a policy version is a hash over ALL its files
+(:func:`folder_sha256`: names and contents), because a PEFT folder's weights, config and audit
+files together are the policy. ``file_sha256`` in the manifest holds every file's own sha256.
+A policy folder holds only safetensors weights (no pickle: ``.bin``, ``.pt``, ``.pkl`` are refused).
 
 Why it is shaped this way:
 
@@ -49,12 +60,37 @@ MANIFEST = "manifest.json"
 DEFAULT_MAIN = {"pctr": "model.onnx"}
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def folder_sha256(file_sha256: Mapping[str, str]) -> str:
+    """One sha256 over a set of files: each ``name\\0sha256\\n`` line, sorted by name.
+
+    A rename, an added or removed file, or a changed byte changes it; the order files were
+    written in does not.
+    """
+    h = hashlib.sha256()
+    for name in sorted(file_sha256):
+        h.update(f"{name}\0{file_sha256[name]}\n".encode())
+    return h.hexdigest()
+
+
+def check_policy_files(src: Mapping[str, Path], policy_kind: str) -> None:
+    """A policy folder loads without pickle: refuse pickle files; a LoRA needs its config and safetensors."""
+    bad = [n for n in src if n.lower().endswith(PICKLE_SUFFIXES)]
+    if bad:
+        raise ValueError(f"publish policy: pickle files are not accepted (safetensors only): {bad}")
+    if policy_kind == "lora":
+        if "adapter_config.json" not in src or not any(n.endswith(".safetensors") for n in src):
+            raise ValueError(f"publish policy: a LoRA version needs adapter_config.json and a .safetensors file, got {sorted(src)}")
 
 
 class Manifest(BaseModel):
@@ -70,8 +106,9 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     data_window: dict[str, Any] | None = None
     artifact: str  # file name of the main artifact inside the version folder
-    sha256: str
+    sha256: str  # pCTR: the main artifact's; policy: folder_sha256 over every file
     files: list[str] = Field(default_factory=list)
+    file_sha256: dict[str, str] = Field(default_factory=dict)
     promoted: bool = True
     n_train: int = 0
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -112,13 +149,18 @@ class Manifest(BaseModel):
                 ts=self.created,
             )
         if self.kind == "policy":
+            if self.path is None:
+                raise ValueError(f"{self.version}: manifest not read from a registry")
+            # A plain folder path: what every backend's load_policy(version, uri, kind) opens.
             return PolicyVersion(
                 event_id=self.event_id(),
                 version=self.version,
                 parent=self.parent,
-                uri=self.path.resolve().as_uri() if self.path else uri,
+                uri=str(self.path.resolve()),
                 kind=self.extra.get("policy_kind", "full"),
-                base_model=self.extra.get("base_model", ""),
+                base_model=str(self.extra.get("base_model", "")),
+                sha256=self.sha256,
+                pctr_version=self.extra.get("pctr_version"),
                 metrics=self.numeric_metrics(),
                 ts=self.created,
             )
@@ -229,15 +271,19 @@ class ModelRegistry:
     ) -> Manifest:
         """Copy ``files`` (a folder, a list of paths, or {name: path}) into a new version.
 
-        ``main`` names the artifact whose sha256 identifies the version (default: ``model.onnx``
-        for pCTR when present, else the first file). Returns the existing version instead when
-        the same artifact was already published for the same ``data_window``.
+        ``main`` names the main artifact (default: ``model.onnx`` for pCTR when present, else the
+        first file). A pCTR version is identified by the main artifact's sha256, a policy version
+        by :func:`folder_sha256` over all its files. Returns the existing version instead when
+        the same identity was already published for the same ``data_window``.
         """
         src = self._sources(files)
         main = main or next((m for m in (DEFAULT_MAIN.get(self.kind),) if m in src), None) or next(iter(src))
         if main not in src:
             raise ValueError(f"publish: main artifact {main!r} is not among the files {sorted(src)}")
-        digest = sha256_file(src[main])
+        if self.kind == "policy":
+            check_policy_files(src, str((extra or {}).get("policy_kind", "full")))
+        file_sha = {name: sha256_file(p) for name, p in src.items()}
+        digest = folder_sha256(file_sha) if self.kind == "policy" else file_sha[main]
         window = json.loads(json.dumps(dict(data_window), default=str)) if data_window is not None else None
         with self._lock():
             existing = self.find(digest, window)
@@ -251,6 +297,8 @@ class ModelRegistry:
                     dst = stage / name
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(p, dst)
+                    if sha256_file(dst) != file_sha[name]:
+                        raise OSError(f"publish: {name} changed while it was copied")
                 number = self._next_number()
                 manifest = Manifest(
                     version=f"{self.kind}-{number:04d}",
@@ -263,6 +311,7 @@ class ModelRegistry:
                     artifact=main,
                     sha256=digest,
                     files=sorted(src),
+                    file_sha256=dict(sorted(file_sha.items())),
                     promoted=promoted,
                     n_train=int(n_train),
                     extra=dict(extra or {}),
@@ -276,6 +325,26 @@ class ModelRegistry:
         manifest.path = final
         log_event(log, "registry: published", kind=self.kind, version=manifest.version, parent=parent, sha256=digest, promoted=promoted)
         return manifest
+
+    # ---------------------------------------------------------------- announcements
+    def _announced_path(self, version: str) -> Path:
+        self.get(version)  # a known version only
+        return self.dir / ".announced" / f"{version}.json"
+
+    def is_announced(self, version: str) -> bool:
+        """Whether ``version`` was announced (a broker acknowledged its event; see :meth:`mark_announced`)."""
+        return self._announced_path(version).exists()
+
+    def mark_announced(self, version: str, event_id: str, topic: str) -> None:
+        """Record that the broker acknowledged ``version``'s event, so a retry does not announce it again.
+
+        Kept beside the versions (``.announced/``), not in the version folder: a version's files,
+        and so its hash, never change after publication. A crash between the broker's ack and this
+        record announces twice with the same deterministic ``event_id``, which consumers dedup on.
+        """
+        path = self._announced_path(version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"version": version, "event_id": event_id, "topic": topic, "ts": datetime.now(timezone.utc).isoformat()})
 
     def set_promoted(self, version: str, promoted: bool = True) -> Manifest:
         """Promote or demote an existing version (its manifest is rewritten atomically)."""

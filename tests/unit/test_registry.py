@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -120,14 +121,60 @@ def test_to_event_builds_the_wire_events(tmp_path):
     assert reg.set_promoted("pctr-0001", False).to_event().event_id != ev.event_id
 
     pol = ModelRegistry(tmp_path, "policy")
-    d = tmp_path / "policy-src"
-    (d / "adapter").mkdir(parents=True)
-    (d / "adapter" / "weights.safetensors").write_bytes(b"lora")
-    (d / "config.json").write_text("{}")
-    pm = pol.publish(d, main="adapter/weights.safetensors", extra={"policy_kind": "lora", "base_model": "smollm2"})
-    assert pm.version == "policy-0001" and (pm.path / "adapter" / "weights.safetensors").read_bytes() == b"lora"
+    d = lora_folder(tmp_path / "policy-src")
+    pm = pol.publish(d, main="adapter_model.safetensors", extra={"policy_kind": "lora", "base_model": "smollm2", "pctr_version": "pctr-0001"})
+    assert pm.version == "policy-0001" and (pm.path / "adapter_model.safetensors").read_bytes() == b"lora"
     pev = pm.to_event()
-    assert isinstance(pev, PolicyVersion) and pev.kind == "lora" and pev.base_model == "smollm2" and pev.uri.endswith("/policy/policy-0001")
+    assert isinstance(pev, PolicyVersion) and pev.kind == "lora" and pev.base_model == "smollm2" and pev.pctr_version == "pctr-0001"
+    # a plain folder path, what load_policy(version, uri, kind="lora") opens
+    assert not pev.uri.startswith("file:") and Path(pev.uri) == pm.path.resolve() and (Path(pev.uri) / "adapter_config.json").exists()
+    assert pev.sha256 == pm.sha256 and decode(encode(pev), PolicyVersion) == pev
+
+
+def lora_folder(d: Path, weights: bytes = b"lora", audit: bytes = b"samples") -> Path:
+    d.mkdir(parents=True)
+    (d / "adapter_model.safetensors").write_bytes(weights)
+    (d / "adapter_config.json").write_text('{"r": 8}')
+    (d / "irpo_samples.parquet").write_bytes(audit)
+    return d
+
+
+def test_policy_identity_is_a_hash_over_every_file(tmp_path):
+    from llm_auction.trainer.registry import folder_sha256, sha256_file
+
+    pol = ModelRegistry(tmp_path / "reg", "policy")
+    a = pol.publish(lora_folder(tmp_path / "a"), extra={"policy_kind": "lora"})
+    assert a.file_sha256 == {n: sha256_file(a.path / n) for n in ("adapter_config.json", "adapter_model.safetensors", "irpo_samples.parquet")}
+    assert a.sha256 == folder_sha256(a.file_sha256) != a.file_sha256["adapter_model.safetensors"]
+    # same weights, another audit file: another version (the README-only hash of a PEFT folder would not see it)
+    b = pol.publish(lora_folder(tmp_path / "b", audit=b"other samples"), extra={"policy_kind": "lora"})
+    assert b.version == "policy-0002" and b.sha256 != a.sha256
+    # the same folder again is the same version
+    assert pol.publish(lora_folder(tmp_path / "c"), extra={"policy_kind": "lora"}).version == "policy-0001"
+
+
+def test_policy_refuses_pickle_and_incomplete_adapters(tmp_path):
+    pol = ModelRegistry(tmp_path / "reg", "policy")
+    d = lora_folder(tmp_path / "a")
+    (d / "training_args.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        pol.publish(d, extra={"policy_kind": "lora"})
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "adapter_model.safetensors").write_bytes(b"w")
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        pol.publish(e, extra={"policy_kind": "lora"})
+    assert pol.list() == []
+
+
+def test_announcement_is_recorded_outside_the_version(tmp_path):
+    pol = ModelRegistry(tmp_path / "reg", "policy")
+    m = pol.publish(lora_folder(tmp_path / "a"), extra={"policy_kind": "lora"})
+    assert not pol.is_announced(m.version)
+    pol.mark_announced(m.version, m.event_id(), "auction.policy-versions")
+    assert pol.is_announced(m.version)
+    assert sorted(p.name for p in m.path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "irpo_samples.parquet", "manifest.json"]
+    assert [v.version for v in pol.list()] == ["policy-0001"]
 
 
 def test_a_crash_while_copying_publishes_nothing(tmp_path, monkeypatch):
