@@ -23,7 +23,6 @@ import json
 import os
 import tempfile
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm_auction.schemas.ids import stable_hash
+
 INPUT_NAMES = ("query_emb", "answer_emb", "user_idx", "ad_idx")
 OUTPUT_NAME = "pctr"
 ONNX_OPSET = 17
@@ -39,6 +40,7 @@ VERIFY_TOL = 1e-5
 SIDECAR_FORMAT = "llm-auction-pctr"
 USER_SALT = "user:"
 AD_SALT = "ad:"
+ID_HASH = "sha256-64"  # IdHasher's hash as the sidecar names it (models exported before it used "crc32")
 
 
 class OnnxMismatchError(ValueError):
@@ -46,11 +48,12 @@ class OnnxMismatchError(ValueError):
 
 
 class IdHasher:
-    """Stable id -> bucket map: ``1 + crc32(salt + id) % (n_buckets - 1)``, and 0 for empty ids.
+    """Stable id -> bucket map: ``1 + stable_hash(salt, id) % (n_buckets - 1)``, and 0 for empty ids.
 
-    crc32 (not Python's ``hash``) so that buckets agree across processes and machines; the
-    salt keeps users and ads from sharing collision patterns. Results are memoized: traffic
-    repeats ids, and a dict lookup is cheaper than re-hashing.
+    A stable hash (not Python's ``hash``) so that buckets agree across processes and machines;
+    the salt keeps users and ads from sharing collision patterns. The sidecar of an exported
+    model names the hash (:data:`ID_HASH`), and :class:`PctrScorer` refuses a model hashed
+    otherwise. Results are memoized: traffic repeats ids.
     """
 
     def __init__(self, n_buckets: int, salt: str = ""):
@@ -66,7 +69,7 @@ class IdHasher:
             if id_ is None or (isinstance(id_, float) and id_ != id_) or str(id_).strip() == "":
                 b = 0
             else:
-                b = 1 + zlib.crc32((self.salt + str(id_)).encode("utf-8")) % (self.n_buckets - 1)
+                b = 1 + stable_hash(self.salt, str(id_)) % (self.n_buckets - 1)
             if len(self._memo) < 1_000_000:
                 self._memo[id_] = b
         return b
@@ -75,7 +78,7 @@ class IdHasher:
         return np.fromiter((self.bucket(i) for i in ids), dtype=np.int64, count=len(ids))
 
     def config(self) -> dict:
-        return {"n_buckets": self.n_buckets, "salt": self.salt, "hash": "crc32"}
+        return {"n_buckets": self.n_buckets, "salt": self.salt, "hash": ID_HASH}
 
 
 class PctrNet(nn.Module):
@@ -263,8 +266,8 @@ def export_onnx(
             "format": SIDECAR_FORMAT,
             "format_version": 1,
             **hp,
-            "user_hash": {"n_buckets": hp["user_buckets"], "salt": user_salt, "hash": "crc32"},
-            "ad_hash": {"n_buckets": hp["ad_buckets"], "salt": ad_salt, "hash": "crc32"},
+            "user_hash": IdHasher(hp["user_buckets"], user_salt).config(),
+            "ad_hash": IdHasher(hp["ad_buckets"], ad_salt).config(),
             "encoder": encoder,
             "inputs": list(INPUT_NAMES),
             "output": OUTPUT_NAME,
@@ -300,6 +303,9 @@ class PctrScorer:
         if self.config.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"{side}: not a pCTR sidecar (format={self.config.get('format')!r})")
         self.dim = int(self.config["text_dim"])
+        for key in ("user_hash", "ad_hash"):
+            if self.config[key].get("hash") != ID_HASH:
+                raise ValueError(f"{side}: ids hashed with {self.config[key].get('hash')!r}, this version hashes with {ID_HASH!r}: retrain the model (llm-auction pctr train --cold)")
         self.user_hasher = IdHasher(self.config["user_hash"]["n_buckets"], self.config["user_hash"]["salt"])
         self.ad_hasher = IdHasher(self.config["ad_hash"]["n_buckets"], self.config["ad_hash"]["salt"])
         self.session = _session(self.path, providers, threads)

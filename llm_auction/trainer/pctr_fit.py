@@ -19,7 +19,6 @@ Usage (TRL-like: a config dataclass and a trainer)::
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from llm_auction.logs import log_event
 from llm_auction.models.pctr import AD_SALT, USER_SALT, IdHasher, PctrNet
+from llm_auction.schemas.ids import stable_hash
 from llm_auction.trainer.metrics import auc, calibration_ratio, click_metrics, log_loss
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,12 @@ class PctrFitResult:
 
 
 def holdout_mask(query_ids: pd.Series | np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Stable per-query split: blake2b(seed:query_id) mapped to [0, 1) < fraction."""
+    """Stable per-query split: ``stable_hash(seed, query_id)`` mapped to [0, 1) < fraction."""
     if fraction <= 0:
         return np.zeros(len(query_ids), dtype=bool)
     codes, uniques = pd.factorize(pd.Series(query_ids).astype(str), sort=False)
     u = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(f"{seed}:{q}".encode(), digest_size=8).digest(), "big") / 2**64 for q in uniques),
+        (stable_hash(str(seed), q) / 2**64 for q in uniques),
         dtype=np.float64,
         count=len(uniques),
     )

@@ -12,6 +12,7 @@ import torch
 from llm_auction.auction import allocate, reward
 from llm_auction.models.pctr import (
     AD_SALT,
+    ID_HASH,
     USER_SALT,
     IdHasher,
     OnnxMismatchError,
@@ -23,6 +24,7 @@ from llm_auction.models.pctr import (
     save_checkpoint,
     sidecar_path,
 )
+from llm_auction.schemas.ids import stable_hash
 
 DIM = 32  # small text dim keeps these tests instant; the network does not care
 
@@ -59,10 +61,8 @@ def test_hasher_is_stable_in_range_and_maps_empty_to_unknown():
     assert b.dtype == np.int64
     assert b[2:].tolist() == [0, 0, 0, 0]
     assert 1 <= b[0] < 1000 and 1 <= b[1] < 1000 and b[0] != b[1]
-    # crc32 is fixed across processes (unlike hash()): pin one value
-    import zlib
-
-    assert b[0] == 1 + zlib.crc32(b"user:u00001") % 999
+    # the shared stable hash, fixed across processes (unlike hash())
+    assert b[0] == 1 + stable_hash("user:", "u00001") % 999
     # the salt changes the assignment (users and ads do not share collision patterns)
     many = [f"x{i}" for i in range(200)]
     assert np.mean(IdHasher(1000, "ad:")(many) == h(many)) < 0.05
@@ -88,7 +88,7 @@ def test_onnx_matches_torch_at_batch_1_and_1000(tmp_path):
     net = small_net()
     path = export_onnx(net, tmp_path / "m.onnx", DIM, encoder="stub")
     side = json.loads(sidecar_path(path).read_text())
-    assert side["text_dim"] == DIM and side["user_hash"] == {"n_buckets": 512, "salt": USER_SALT, "hash": "crc32"}
+    assert side["text_dim"] == DIM and side["user_hash"] == {"n_buckets": 512, "salt": USER_SALT, "hash": ID_HASH}
     assert side["verify_max_abs_diff"] < 1e-5
     scorer = PctrScorer(path)
     held_out = random_batch(1000, DIM, 512, 128, seed=99)  # not the export's own verify batch
@@ -144,6 +144,12 @@ def test_scorer_rejects_bad_shapes_and_missing_sidecar(tmp_path):
     scorer = PctrScorer(path)
     with pytest.raises(ValueError):
         scorer.score_rows(np.zeros((3, DIM), np.float32), np.zeros((2, DIM), np.float32), "u", ["a", "b", "c"])
+    # a model whose ids were hashed otherwise (crc32 before the shared hash) would score the wrong rows
+    side = json.loads(sidecar_path(path).read_text())
+    side["user_hash"]["hash"] = "crc32"
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ValueError, match="retrain"):
+        PctrScorer(path)
     sidecar_path(path).unlink()
     with pytest.raises(FileNotFoundError):
         PctrScorer(path)
