@@ -15,7 +15,7 @@ import sys
 from llm_auction import __version__
 
 # Modules registering subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ["basic", "world", "demo", "broker", "topics", "serve", "monitor", "warehouse", "pctr", "stream_app", "models"]
+COMMAND_MODULES = ["basic", "world", "demo", "broker", "topics", "serve", "monitor", "warehouse", "pctr", "irpo", "stream_app", "models"]
 
 
 class CliError(Exception):
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llm-auction",
         description=(
             "LLM-Auction as a streaming feedback loop: replay queries through Kafka to an Ad-LLM, "
-            "simulate clicks, land everything in ClickHouse, retrain pCTR and run IRPO epochs. "
+            "simulate clicks, land everything in ClickHouse, retrain pCTR, and run IRPO epochs by hand "
+            "(`irpo run-epoch`; nothing triggers them automatically yet). "
             "Settings come from LLMA_* environment variables (`llm-auction settings`)."
         ),
     )

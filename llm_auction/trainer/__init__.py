@@ -1,2 +1,2 @@
-"""Training: pCTR fitting, IRPO (sampling, preference pairs, TRL DPO), the policy registry and
-offline evaluation."""
+"""Training: pCTR fitting and publishing, one IRPO epoch (``irpo``: sampling, Eq. 8 scoring,
+preference pairs, TRL DPO on a LoRA adapter), and the model registry for pCTR and policy versions."""

@@ -1,0 +1,201 @@
+"""``llm-auction irpo run-epoch`` and ``llm-auction policy list|show|announce``: the learning leg.
+
+``run-epoch`` is a thin shell over :func:`llm_auction.trainer.irpo.run_epoch`: it opens the world,
+the serving backend with the responder's candidate narrowing, the reward (the promoted pCTR
+version through onnxruntime, or the user simulator's exact probabilities with ``--oracle``),
+runs one epoch from the current policy version and prints the new version's manifest as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+REGISTRY_HELP = "registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "irpo",
+        help="run an IRPO epoch: sample, score (Eq. 8), pair, DPO on a LoRA adapter, publish a policy version",
+        description="IRPO (paper Algorithm 1): train the Ad-LLM policy against the pCTR reward, one epoch at a time.",
+    )
+    cmds = p.add_subparsers(dest="irpo_command", metavar="ACTION")
+    r = cmds.add_parser(
+        "run-epoch",
+        help="one epoch from the current policy version to a new one",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Draw fresh bids for world queries of the train split, sample M answers per query from the "
+            "current policy (or --policy) through the serving backend with the responder's candidate "
+            "narrowing, score each with Eq. 8 (pCTR from the promoted ONNX model, or --oracle), pair the "
+            "best answer with those more than --delta-th below it, run DPO (TRL, beta 0.1) on a LoRA "
+            "adapter whose reference is the starting policy, and publish the adapter with the audit files "
+            "(irpo_samples.parquet, irpo_pairs.parquet) as a new policy version; announce it on "
+            "auction.policy-versions when a broker is configured. Prints the manifest as JSON."
+        ),
+    )
+    r.add_argument("--queries", type=int, default=32, help="queries in the offline set")
+    r.add_argument("--offset", type=int, default=0, help="first query of the split to use")
+    r.add_argument("--samples", type=int, default=5, help="M, answers sampled per query")
+    r.add_argument("--oracle", action="store_true", help="reward with the user simulator's exact click probabilities instead of pCTR")
+    r.add_argument("--policy", default=None, help="policy version to start from (default: the latest promoted one, else 'base')")
+    r.add_argument("--pctr", default=None, help="pCTR version to score with (default: the latest promoted one)")
+    r.add_argument("--backend", choices=("transformers", "vllm"), default="transformers", help="serving backend that samples")
+    r.add_argument("--model", type=Path, default=None, help="base model folder (default: LLMA_ADLLM_MODEL, else <LLMA_DATA_DIR>/models/smollm2)")
+    r.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
+    r.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
+    r.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
+    r.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
+    r.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
+    r.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the LoRA weights (cosine schedule, warmup 0.1)")
+    r.add_argument("--batch-size", type=int, default=4, help="pairs per DPO step")
+    r.add_argument("--dpo-epochs", type=float, default=1.0, help="passes over the pairs")
+    r.add_argument("--lora-r", type=int, default=8, help="LoRA rank (a fresh adapter only)")
+    r.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only)")
+    r.add_argument("--bf16", action="store_true", help="bfloat16 autocast during DPO")
+    r.add_argument("--paper", action="store_true", help="start from IRPOConfig.paper() (GPU values: lr 1e-6, batch 64, bf16, all losers)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads during DPO")
+    r.add_argument("--seed", type=int, default=0, help="bid, sampling and trainer seed")
+    r.add_argument("--bootstrap", default=None, help="Kafka bootstrap to announce on (default: LLMA_KAFKA_BOOTSTRAP; unset: not announced)")
+    r.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    r.set_defaults(handler=_run_epoch)
+    p.set_defaults(handler=lambda args: p.print_help() or 0)
+
+    q = sub.add_parser("policy", help="list / show / announce published policy versions", description="Published Ad-LLM policy versions (the registry's policy kind).")
+    pc = q.add_subparsers(dest="policy_command", metavar="ACTION")
+    ls = pc.add_parser("list", help="versions, oldest first, as JSON lines")
+    ls.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    ls.set_defaults(handler=_list)
+    sh = pc.add_parser("show", help="one version's manifest as JSON")
+    sh.add_argument("version", help="like policy-0001")
+    sh.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    sh.set_defaults(handler=_show)
+    an = pc.add_parser("announce", help="announce a version on auction.policy-versions (once; a repeat is a no-op)")
+    an.add_argument("version", help="like policy-0001")
+    an.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: LLMA_KAFKA_BOOTSTRAP)")
+    an.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    an.set_defaults(handler=_announce)
+    q.set_defaults(handler=lambda args: q.print_help() or 0)
+
+
+def _registry(args, kind: str = "policy"):
+    from llm_auction.cli.pctr import registry_root
+    from llm_auction.trainer.registry import ModelRegistry
+
+    return ModelRegistry(registry_root(args), kind)
+
+
+def _announcer(registry, bootstrap: str | None):
+    """A callable announcing a manifest on auction.policy-versions, or None without a broker."""
+    from llm_auction.schemas.settings import get_settings
+
+    s = get_settings()
+    bootstrap = bootstrap or s.kafka_bootstrap
+    if not bootstrap:
+        return None
+
+    def send(manifest) -> bool:
+        from llm_auction.infra.kafka import ensure_topics, make_producer
+        from llm_auction.schemas.topics import POLICY_VERSIONS
+        from llm_auction.trainer.irpo import announce
+
+        ensure_topics(s, bootstrap)
+        producer = make_producer(s, bootstrap)
+        try:
+            return announce(registry, manifest, producer, POLICY_VERSIONS)
+        finally:
+            producer.close()
+
+    return send
+
+
+def _run_epoch(args) -> int:
+    from llm_auction.cli import CliError
+    from llm_auction.cli.pctr import load_encoder
+    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.retrieval import candidate_picker
+    from llm_auction.producers.world import World
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer import irpo
+    from llm_auction.trainer.irpo_config import IRPOConfig
+
+    s = get_settings()
+    k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
+    fields = dict(
+        queries=args.queries, query_offset=args.offset, samples_per_query=args.samples, oracle=args.oracle, backend=args.backend,
+        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, bf16=args.bf16,
+        threads=args.threads, bid_seed=args.seed, sample_seed=args.seed, dpo_seed=args.seed,
+    )
+    if args.paper:
+        cfg = IRPOConfig.paper(**fields)
+    else:
+        cfg = IRPOConfig.cpu(**fields, learning_rate=args.lr, batch_size=args.batch_size, num_epochs=args.dpo_epochs, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    model = args.model or s.adllm_model or s.data_dir / "models" / "smollm2"
+    if not (Path(model) / "config.json").exists():
+        raise CliError(f"no base model at {model} (prepare one: `llm-auction models prepare-smollm2 --out {model}`, or pass --model)")
+    if args.upper_layers:
+        n_layers = json.loads((Path(model) / "config.json").read_text()).get("num_hidden_layers") or json.loads((Path(model) / "config.json").read_text()).get("n_layer")
+        cfg = cfg.replace(layers_to_transform=list(range(max(0, n_layers - args.upper_layers), n_layers)))
+    world = World(args.world or s.data_dir / "world")
+    registry = _registry(args)
+    parent = args.policy
+    if parent is None:
+        latest = registry.latest()
+        parent = latest.version if latest else None
+    elif parent == "base":
+        parent = None
+
+    encoder = load_encoder()
+    if cfg.oracle:
+        from llm_auction.models.user_sim import make_user_simulator
+
+        pctr, pctr_version = irpo.oracle_pctr(make_user_simulator("embedding", seed=s.seed, encoder=encoder)), "oracle"
+    else:
+        from llm_auction.models.pctr import PctrScorer
+
+        preg = _registry(args, "pctr")
+        pm = preg.get(args.pctr) if args.pctr else preg.latest()
+        if pm is None:
+            raise CliError(f"registry {preg.dir}: no promoted pCTR version (train one: `llm-auction pctr train`, or use --oracle)")
+        pctr, pctr_version = irpo.onnx_pctr(PctrScorer(pm.artifact_path, encoder=encoder)), pm.version
+
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.sample_seed)
+    backend = make_backend(cfg.backend, model, sampling=sampling, batch_size=cfg.sample_batch_size, num_threads=s.adllm_threads)
+    if parent:
+        backend.load_policy(parent, registry.get(parent).to_event().uri, kind="lora")
+    result = irpo.run_epoch(
+        cfg, world=world, backend=backend, base_model=Path(model), registry=registry, pctr=pctr, pctr_version=pctr_version,
+        parent=parent, pick=candidate_picker(cfg.candidates_k, encoder), announcer=_announcer(registry, args.bootstrap),
+    )
+    if result.manifest is None:
+        print(json.dumps({"published": None, "metrics": result.metrics}, indent=2, default=str))
+        return 0
+    print(json.dumps({**result.manifest.model_dump(mode="json"), "path": str(result.manifest.path), "announced": result.announced}, indent=2))
+    return 0
+
+
+def _list(args) -> int:
+    for m in _registry(args).list():
+        print(json.dumps({"version": m.version, "parent": m.parent, "created": m.created.isoformat(), "pctr_version": m.extra.get("pctr_version"),
+                          "pairs": m.metrics.get("pairs"), "mean_reward": m.metrics.get("mean_reward"), "sha256": m.sha256, "path": str(m.path)}))
+    return 0
+
+
+def _show(args) -> int:
+    m = _registry(args).get(args.version)
+    print(json.dumps({**m.model_dump(mode="json"), "path": str(m.path)}, indent=2))
+    return 0
+
+
+def _announce(args) -> int:
+    from llm_auction.cli import CliError
+
+    registry = _registry(args)
+    send = _announcer(registry, args.bootstrap)
+    if send is None:
+        raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
+    sent = send(registry.get(args.version))
+    print(json.dumps({"version": args.version, "announced_now": sent}))
+    return 0
