@@ -23,9 +23,8 @@ the ``p`` reported.
 
 Because ``p`` is exact, it is the oracle pCTR: ``click_probabilities`` gives the expected CTR of
 every exposed ad, the paper's "LLM-Auction (oracle)" reward, with no sampling noise.
-Draws are per response: the RNG (numpy's ``default_rng`` stream, computed by :mod:`.rng`) is
-seeded from ``seed`` and the response's event id, so the same response gives the same clicks in
-any batch and any order.
+Draws are per response: the RNG (``numpy.random.default_rng``) is seeded from ``seed`` and the
+response's event id, so the same response gives the same clicks in any batch and any order.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ from llm_auction.schemas.catalog import load_catalog
 
 from .base import Decision, build_click_events
 from .placement import Layout, analyze
-from .rng import SeededPCG64, seeded_streams
 
 log = logging.getLogger(__name__)
 
@@ -295,17 +293,16 @@ class EmbeddingUserSimulator:
         h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
         return (self.seed & 0xFFFFFFFF, h & 0xFFFFFFFF, h >> 32)
 
-    def _rng(self, key: str) -> SeededPCG64:
-        """The scene's uniforms: those of ``np.random.default_rng([seed, low, high])``, where low and
-        high are the 32-bit halves of the first 8 bytes of sha256(key), computed without numpy's
-        generator objects (see :mod:`.rng`)."""
-        return SeededPCG64(self._entropy(key))
+    def _rng(self, key: str) -> np.random.Generator:
+        """The scene's generator: ``np.random.default_rng([seed, low, high])``, where low and high are
+        the 32-bit halves of the first 8 bytes (little-endian) of sha256(key)."""
+        return np.random.default_rng(self._entropy(key))
 
     def draw(self, key: str, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
         """Clicks for one scene: one uniform per group, so at most one click per competing group."""
         return self._draw(self._rng(key), feats)
 
-    def _draw(self, rng: SeededPCG64, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
+    def _draw(self, rng: np.random.Generator, feats: Sequence[AdFeatures]) -> dict[str, Decision]:
         out: dict[str, Decision] = {}
         groups: dict[int, list[AdFeatures]] = {}
         for f in feats:
@@ -326,12 +323,10 @@ class EmbeddingUserSimulator:
         t0 = time.perf_counter()
         scenes = [Scene.from_response(r) for r in responses]
         all_feats = self.explain_scenes(scenes)
-        # each scene's RNG as draw() seeds it, the batch's seeding vectorized (see seeded_streams)
-        rngs = iter(seeded_streams([self._entropy(s.key) for s, feats in zip(scenes, all_feats) if feats]))
         out = []
         n_exp = n_click = 0
-        for r, feats in zip(responses, all_feats):
-            events = build_click_events(r, self._draw(next(rngs), feats)) if feats else []
+        for r, scene, feats in zip(responses, scenes, all_feats):
+            events = build_click_events(r, self.draw(scene.key, feats)) if feats else []
             n_exp += len(events)
             n_click += sum(e.clicked for e in events)
             out.append(events)
