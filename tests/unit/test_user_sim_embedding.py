@@ -231,7 +231,6 @@ def test_clicks_are_deterministic_per_response_regardless_of_batch_order(sim, en
 
 
 def test_a_batch_draws_what_each_response_draws_alone(sim):
-    # batches of 16 or more seed their RNGs together (rng.seeded_streams), smaller ones one by one
     rs = [make_response(ex.TABLE1_QUERY, ex.TABLE1_PROFILE, ex.TABLE1_ANSWER, event_id=f"b-{i}") for i in range(40)]
     alone = [[(c.event_id, c.clicked) for c in sim.clicks(r)] for r in rs]
     assert [[(c.event_id, c.clicked) for c in cs] for cs in sim.clicks_batch(rs)] == alone
