@@ -1,10 +1,10 @@
 """The Ad-LLM prompt: what the allocation rule sees for one query.
 
-The structure follows the paper's template (appendix B.1): a role, the task, the candidate ads
-as JSON lines with their ids, titles and bids, four requirements (the marker format and its
-penalty; revenue against user experience; the title is never changed; the answer comes first),
-a correct and an incorrect insertion example, then the user profile and the question. The
-wording is this project's own.
+The content follows the paper's template (appendix B.1): a role, the task, four requirements (the
+marker format and its penalty; revenue against user experience; the title is never changed; the
+answer comes first), the candidate ads as JSON lines with their ids, titles and bids, a correct
+and an incorrect insertion example, then the user profile and the question. The wording is this
+project's own; the order puts the text shared by every query first (:data:`SHARED_PREFIX`).
 
 Small instruction models do not insert anything from the prompt alone (docs/design.md: SmolLM2 put
 no marker in 4 of 4 answers), so the messages can carry one *demonstration* exchange -- a user
@@ -131,18 +131,22 @@ def _examples(ad: CandidateAd) -> tuple[str, str]:
     return correct, wrong
 
 
+# Role, task and requirements come first and are the same text for every query, so a serving
+# engine with prefix caching (vLLM) reads them once; what differs per query (candidates with bids,
+# examples naming one of them, profile, question) follows. The paper's template lists the
+# candidates before the requirements; the content is the same.
+SHARED_PREFIX = "\n".join(("# Role", ROLE, "# Task", TASK, "# Requirements", "\n".join(REQUIREMENTS)))
+
+
 def system_prompt(candidates: Sequence[CandidateAd], ad_for_examples: CandidateAd) -> str:
-    """Role, task, candidate list, requirements and examples: everything but the user and question."""
+    """Role, task, requirements, candidate list and examples: everything but the user and question.
+
+    Starts with :data:`SHARED_PREFIX`, identical for all queries."""
     correct, wrong = _examples(ad_for_examples)
     parts = [
-        "# Role",
-        ROLE,
-        "# Task",
-        TASK,
+        SHARED_PREFIX,
         "# Candidate Ad List",
         "\n".join(ad_line(c) for c in candidates),
-        "# Requirements",
-        "\n".join(REQUIREMENTS),
         "# Ad Insertion Examples",
         "## Correct Example",
         correct,

@@ -2,6 +2,7 @@
 rotated deterministically by query id; the plain chat format equals its Jinja template."""
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -11,6 +12,8 @@ from llm_auction.models.prompt import (
     ANSWER_CUE,
     PLAIN_CHAT_TEMPLATE,
     REQUIREMENTS,
+    ROLE,
+    SHARED_PREFIX,
     ad_line,
     build_messages,
     example_ad,
@@ -43,7 +46,16 @@ def test_prompt_lists_every_candidate_with_id_title_bid_and_the_profile_and_ques
         assert section in system
     assert all(r in system for r in REQUIREMENTS) and len(REQUIREMENTS) == 4
     assert q.user.info in user and "coffee, yoga" in user and q.query in user and user.endswith(ANSWER_CUE)
-    assert system.index("# Candidate Ad List") < system.index("# Requirements") < system.index("# Ad Insertion Examples")
+    assert system.index("# Requirements") < system.index("# Candidate Ad List") < system.index("# Ad Insertion Examples")
+
+
+def test_every_prompt_starts_with_the_same_text_up_to_the_candidates():
+    """What all queries share comes first, so vLLM's prefix cache reuses it across queries."""
+    a, b = query(), query().model_copy(update={"query_id": "other", "query": "Which shoes for a marathon?"})
+    ra, rb = render_plain(build_messages(a)), render_plain(build_messages(b))
+    shared = len(os.path.commonprefix([ra, rb]))
+    head = ra.index(SHARED_PREFIX) + len(SHARED_PREFIX + "\n# Candidate Ad List\n")
+    assert ra.index(ROLE) < ra.index(REQUIREMENTS[-1]) < head <= shared
 
 
 def test_insertion_examples_are_one_correct_and_only_broken_incorrect_markers():
