@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llm_auction.trainer.metrics import auc, average_ranks, calibration_ratio, click_metrics, expected_calibration_error, log_loss
+from llm_auction.trainer.metrics import auc, calibration_ratio, click_metrics, expected_calibration_error, log_loss
 
 
 def brute_auc(y, p) -> float:
@@ -29,10 +29,6 @@ def test_auc_extremes_and_one_class():
     assert auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
     assert auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # a constant predictor
     assert math.isnan(auc([1, 1], [0.2, 0.3]))
-
-
-def test_average_ranks_ties():
-    assert average_ranks(np.array([10, 20, 10, 30])).tolist() == [1.5, 3.0, 1.5, 4.0]
 
 
 def test_log_loss_and_calibration_values():
