@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -216,79 +215,29 @@ def clicks_table(events: Sequence[ClickEvent]) -> pa.Table:
 # inserts
 
 
+# An insert of at most this many rows runs with max_threads = 1: its pipeline has nothing to
+# share between threads, and starting the engine's pool costs more than it saves.
+SINGLE_THREAD_ROWS = 50_000
+
+
 def insert_arrow(client, table: str, data: pa.Table) -> int:
     """Insert an Arrow table whose columns match ``llm_auction.<table>``; returns the row count.
 
-    Embedded (chdb) clients take the streamed path of :func:`_insert_chdb`; any other client,
-    a ClickHouse server included, goes through clickhouse-connect's ``insert_arrow``. Both return
-    once the rows are in a part: nothing is buffered for later (no ``async_insert``), so the
-    sink's "offsets committed after the insert returned" holds either way.
+    One clickhouse-connect ``insert_arrow`` call, on a server and on the embedded engine (chdb)
+    alike, with ``async_insert = 0``: it returns once the rows are in a part, not in a buffer
+    flushed later (chdb's default is 1), which is what the sink's "offsets committed after the
+    insert returned" relies on.
     """
+    settings = {"async_insert": 0, **({"max_threads": 1} if data.num_rows <= SINGLE_THREAD_ROWS else {})}
     if data.num_rows == 0:
         return 0
     t0 = time.perf_counter()
     try:
-        handle = _chdb_handle(client)
-        if handle is None:
-            client.insert_arrow(table, data, database=DATABASE)
-        else:
-            _insert_chdb(handle, table, data)
+        client.insert_arrow(table, data, database=DATABASE, settings=settings)
     except Exception as e:  # noqa: BLE001 - driver errors become one line
         raise describe_error(e, f"insert {data.num_rows} rows into {DATABASE}.{table}") from None
     log_event(log, "warehouse insert", level=logging.DEBUG, table=table, rows=data.num_rows, ms=round((time.perf_counter() - t0) * 1000, 1))
     return data.num_rows
-
-
-# An embedded insert of at most this many rows runs with max_threads = 1 (see _insert_chdb).
-SINGLE_THREAD_ROWS = 50_000
-
-
-def _chdb_handle(client):
-    """The chdb connection handle of an embedded clickhouse-connect client, or None.
-
-    This reaches into clickhouse-connect (1.12: ``client._backend._handle``, with the chdb
-    ``conn``, the ``lock`` that serializes calls on it and the ``stream_owner`` thread). Any
-    other shape gets None and the public ``insert_arrow``: a server client, a chdb without
-    ``send_insert``, a closed client (which then raises its own error), and a thread that holds
-    the handle through an open result stream (waiting for the lock would deadlock it).
-    """
-    handle = getattr(getattr(client, "_backend", None), "_handle", None)
-    if not hasattr(getattr(handle, "conn", None), "send_insert") or not hasattr(handle, "lock"):
-        return None
-    if getattr(handle, "stream_owner", None) == threading.get_ident():
-        return None
-    return handle
-
-
-def _insert_chdb(handle, table: str, data: pa.Table) -> None:
-    """Insert into the embedded engine by streaming Arrow IPC bytes into ``send_insert``.
-
-    clickhouse-connect's ``insert_arrow`` on chdb writes the IPC bytes to a new temporary file
-    and runs ``INSERT ... FROM INFILE``; that path cost about 1 ms more CPU per insert than
-    handing the same bytes to ``send_insert`` in memory (measured into a Null table: 3.0 against
-    2.0 ms), 3 ms per sink batch (one insert per event table). The engine parses the same Arrow
-    and writes the same part. A small insert also runs with ``max_threads = 1``: its pipeline
-    has nothing to share between threads, and the default (one thread per core) spent about
-    0.4 ms per insert starting and joining pool threads. Measured per sink batch of 110 queries
-    (3 inserts, 330 rows), CPU: 18.6 ms (insert_arrow) -> 16.0 (streamed) -> 14.6 (streamed,
-    one thread), best of 10. Above ``SINGLE_THREAD_ROWS`` the default stays: on a 100k-row
-    insert of responses one thread was 5-7% slower.
-
-    ``async_insert = 0`` pins what the sink's offset commits rely on (chdb's default is 1): the
-    rows are in a part when ``finish`` returns, not in a buffer flushed later.
-    """
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
-        writer.write_table(data)
-    payload = sink.getvalue().to_pybytes()
-    columns = ", ".join(f"`{name}`" for name in data.column_names)
-    settings = " SETTINGS async_insert = 0" + (", max_threads = 1" if data.num_rows <= SINGLE_THREAD_ROWS else "")
-    with handle.lock:
-        if handle.conn is None:  # closed by another thread since _chdb_handle looked
-            raise RuntimeError("the ClickHouse client has been closed")
-        with handle.conn.send_insert(f"INSERT INTO {DATABASE}.{table} ({columns}){settings}", "ArrowStream") as stream:
-            stream.append(payload)
-            stream.finish()  # commits: returns once the part is written; without it, exiting cancels
 
 
 def _insert(client, table: str, events: Iterable, build) -> int:

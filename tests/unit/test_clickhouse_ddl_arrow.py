@@ -111,97 +111,30 @@ def test_empty_batches_build_empty_tables():
 
 
 # ---------------------------------------------------------------------------------------------
-# insert_arrow: which path a client takes, and what the embedded path sends (fakes, no engine)
+# insert_arrow: one clickhouse-connect call with the settings the sink relies on (a fake, no engine)
 
 
-class _FakeInserter:
-    def __init__(self, sent: list, sql: str, fmt: str):
-        self.sent, self.sql, self.fmt = sent, sql, fmt
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def append(self, data: bytes) -> None:
-        self.sent.append((self.sql, self.fmt, pa.ipc.open_stream(data).read_all()))
-
-    def finish(self) -> None:
-        pass
-
-
-class _FakeConn:
-    def __init__(self):
-        self.sent: list = []
-
-    def send_insert(self, sql: str, fmt: str) -> _FakeInserter:
-        return _FakeInserter(self.sent, sql, fmt)
-
-
-class _FakeHandle:
-    def __init__(self):
-        import threading
-
-        self.conn = _FakeConn()
-        self.lock = threading.Lock()
-        self.stream_owner = None
-
-
-class _FakeChdbClient:
-    def __init__(self):
-        self._backend = type("Backend", (), {})()
-        self._backend._handle = _FakeHandle()
-
-    def insert_arrow(self, *args, **kwargs):
-        raise AssertionError("an embedded client streams its inserts")
-
-
-class _FakeServerClient:
+class _FakeClient:
     def __init__(self):
         self.calls: list = []
 
-    def insert_arrow(self, table, data, database=None):
-        self.calls.append((table, data, database))
+    def insert_arrow(self, table, data, database=None, settings=None):
+        self.calls.append((table, data, database, settings))
 
 
 def _click(i: int) -> ClickEvent:
     return ClickEvent(event_id=f"c{i}", query_id="q1", ad_id="Ad-0001", clicked=i % 2 == 0, policy_version="v3", user_id="u7", bid=42, ts=T)
 
 
-def test_a_server_client_inserts_through_clickhouse_connect():
-    client = _FakeServerClient()
-    assert warehouse.insert_clicks(client, [_click(0), _click(1)]) == 2
-    [(table, data, database)] = client.calls
-    assert (table, database, data.num_rows) == ("clicks", "llm_auction", 2)
-    assert warehouse._chdb_handle(client) is None
-
-
-def test_an_embedded_client_streams_the_same_arrow_table(monkeypatch):
-    client = _FakeChdbClient()
+def test_an_insert_is_one_arrow_call_that_returns_once_the_rows_are_in_a_part(monkeypatch):
+    client = _FakeClient()
     events = [_click(i) for i in range(5)]
     assert warehouse.insert_clicks(client, events) == 5
-    [(sql, fmt, got)] = client._backend._handle.conn.sent
-    assert fmt == "ArrowStream"
-    assert got.equals(warehouse.clicks_table(events))
-    columns = ", ".join(f"`{c}`" for c in warehouse.CLICKS_SCHEMA.names)
-    assert sql == f"INSERT INTO llm_auction.clicks ({columns}) SETTINGS async_insert = 0, max_threads = 1"
+    [(table, data, database, settings)] = client.calls
+    assert (table, database) == ("clicks", "llm_auction") and data.equals(warehouse.clicks_table(events))
+    assert settings == {"async_insert": 0, "max_threads": 1}  # no async buffer: offsets commit after the insert
     # a large insert keeps the engine's default threads
     monkeypatch.setattr(warehouse, "SINGLE_THREAD_ROWS", 4)
     warehouse.insert_clicks(client, events)
-    assert client._backend._handle.conn.sent[1][0] == f"INSERT INTO llm_auction.clicks ({columns}) SETTINGS async_insert = 0"
-
-
-def test_an_embedded_client_falls_back_when_streaming_is_not_possible():
-    import threading
-
-    client = _FakeChdbClient()
-    handle = client._backend._handle
-    assert warehouse._chdb_handle(client) is handle
-    handle.stream_owner = threading.get_ident()  # this thread reads a result stream: the lock is its own
-    assert warehouse._chdb_handle(client) is None
-    handle.stream_owner = None
-    handle.conn = None  # closed: clickhouse-connect says so itself
-    assert warehouse._chdb_handle(client) is None
-    handle.conn = object()  # a chdb without send_insert
-    assert warehouse._chdb_handle(client) is None
+    assert client.calls[1][3] == {"async_insert": 0}
+    assert warehouse.insert_clicks(client, []) == 0 and len(client.calls) == 2

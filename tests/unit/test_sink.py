@@ -14,12 +14,12 @@ CANDS = [CandidateAd(ad_id="Ad-0001", title="Green Tea", category="tea", bid=42)
 
 
 class RecordingClient:
-    """Takes inserts the way a server client does (clickhouse-connect's insert_arrow)."""
+    """Takes inserts as clickhouse-connect's insert_arrow does."""
 
     def __init__(self):
         self.inserts: list[tuple[str, list]] = []
 
-    def insert_arrow(self, table, data, database=None):
+    def insert_arrow(self, table, data, database=None, settings=None):
         self.inserts.append((table, data.column("event_id").to_pylist()))
 
 
