@@ -12,6 +12,10 @@ from collections.abc import Mapping
 
 from .allocation import Allocation
 
+# The warehouse's reward_per_query columns (migration 0005's views) compute this penalty again,
+# in SQL, with lambda = 1: an applied migration is frozen (ddl.migrate checks its checksum), so it
+# cannot read these constants. tests/unit/test_reward_payment.py keeps the two equal; changing a
+# constant here takes a new migration that redefines those views.
 AD_COUNT_PENALTY = 10.0
 FORMAT_ERROR_PENALTY = 500.0
 

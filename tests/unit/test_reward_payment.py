@@ -1,5 +1,7 @@
 """Eq. 8 reward and Eq. 7 first-price payments: exact values and properties (hypothesis)."""
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,8 @@ from llm_auction.auction import (
     reward_per_query,
     user_experience_penalty,
 )
+from llm_auction.auction.reward import AD_COUNT_PENALTY, FORMAT_ERROR_PENALTY
+from llm_auction.infra.ddl import migrations
 
 IDS = [f"Ad-{1000 + i}" for i in range(8)]
 
@@ -92,3 +96,13 @@ def test_text_without_at_signs_or_ids_has_no_error(text):
     alloc = allocate(text.replace("Ad-", "ad "), {"Ad-1000": "Thing"})
     assert alloc.exposed == () and alloc.format_error is False
     assert reward(alloc, {"Ad-1000": 10}, 0.5) == 0.0
+
+
+def test_the_warehouse_views_charge_the_same_penalty():
+    # the reward_per_query views compute Eq. 8's penalty in SQL (lambda = 1); migrations are frozen
+    # once applied, so this test is what keeps their constants equal to reward.py's
+    expected = f"-{AD_COUNT_PENALTY:g} * n_ads * n_ads - {FORMAT_ERROR_PENALTY:g} * format_error"
+    found = [t for m in migrations() for t in re.findall(r"sum\((.*?)\) AS penalty", m.sql)]
+    assert found and all(t == expected for t in found), found
+    a = Allocation(("Ad-1000", "Ad-1001"), True, ())
+    assert user_experience_penalty(a) == eval(expected, {"n_ads": a.n_ads, "format_error": int(a.format_error)})  # noqa: S307
