@@ -25,6 +25,8 @@ from llm_auction.schemas import ClickEvent, ResponseEvent
 
 @dataclass(frozen=True)
 class Impression:
+    """One labeled impression: the row of ``stream_impressions`` (``store.IMPRESSIONS_SCHEMA`` is derived from these fields)."""
+
     query_id: str
     ts: float
     policy_version: str

@@ -2,7 +2,19 @@
 
 ``llm_auction.stream_impressions`` holds every impression the app joined, keyed by (the answer's ts,
 query_id, policy_version, ad_id): a worker that joins an impression again after a restart writes
-the same key, and every read goes through FINAL, so nothing counts twice.
+the same key, and every read goes through FINAL, so nothing counts twice. Its row is
+:class:`~llm_auction.stream_app.join.Impression` plus ``joined_at``: :data:`IMPRESSIONS_SCHEMA` is
+derived from the dataclass, and a test checks migration 0006's columns against it.
+
+Why a table beside the warehouse's ``impressions`` view (migrations 0003/0004), which joins the
+same responses and clicks: the two answer different questions. The view is the sink's tables
+joined at read time: an exposed ad has a row once its decision has landed, and never otherwise;
+``pctr train --from-clickhouse`` reads it, with no stream app running. The table is what the
+stream app decided online: an exposed ad without a click event after ``max_wait_s`` is labeled
+not clicked, and the simulator's ``click_probability`` travels along for the oracle metrics; its
+retraining windows and watermark are counted on it. With the embedded engine it also lives in the
+stream app's own data folder (chdb lets one process open a folder), where the view's tables are
+not.
 ``llm_auction.stream_pctr_versions`` holds one row per PctrVersion event the app sent, with the
 impression count it trained at: the retraining watermark, read back by a restarted worker.
 
@@ -17,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -31,40 +44,19 @@ log = logging.getLogger(__name__)
 
 IMPRESSIONS_TABLE = "stream_impressions"
 VERSIONS_TABLE = "stream_pctr_versions"
-IMPRESSIONS_SCHEMA = pa.schema(
-    [
-        ("ts", TS),
-        ("query_id", pa.string()),
-        ("policy_version", pa.string()),
-        ("user_id", pa.string()),
-        ("query", pa.string()),
-        ("text", pa.string()),
-        ("ad_id", pa.string()),
-        ("bid", pa.uint8()),
-        ("clicked", pa.uint8()),
-        ("click_probability", pa.float64()),
-        ("joined_at", TS),
-    ]
-)
+IMPRESSION_COLUMNS = tuple(f.name for f in fields(Impression))  # the row as the join makes it, and as the window reads it back
+_NOT_STRINGS = {"ts": TS, "bid": pa.uint8(), "clicked": pa.uint8(), "click_probability": pa.float64()}
+IMPRESSIONS_SCHEMA = pa.schema([(name, _NOT_STRINGS.get(name, pa.string())) for name in IMPRESSION_COLUMNS] + [("joined_at", TS)])
 
 
 def impressions_table(rows: Sequence[Impression | dict], joined_at: datetime | None = None) -> pa.Table:
     """Arrow rows for ``stream_impressions`` (``ts`` is the answer's, epoch seconds in the join)."""
     dicts = [r.to_dict() if isinstance(r, Impression) else r for r in rows]
     now = int((joined_at or datetime.now(timezone.utc)).timestamp() * 1000)
-    cols = {
-        "ts": pa.array([int(round(d["ts"] * 1000)) for d in dicts], pa.int64()).cast(TS),
-        "query_id": pa.array([d["query_id"] for d in dicts], pa.string()),
-        "policy_version": pa.array([d["policy_version"] for d in dicts], pa.string()),
-        "user_id": pa.array([d["user_id"] for d in dicts], pa.string()),
-        "query": pa.array([d["query"] for d in dicts], pa.string()),
-        "text": pa.array([d["text"] for d in dicts], pa.string()),
-        "ad_id": pa.array([d["ad_id"] for d in dicts], pa.string()),
-        "bid": pa.array([int(d["bid"]) for d in dicts], pa.uint8()),
-        "clicked": pa.array([int(bool(d["clicked"])) for d in dicts], pa.uint8()),
-        "click_probability": pa.array([d.get("click_probability") for d in dicts], pa.float64()),
-        "joined_at": pa.array([now] * len(dicts), pa.int64()).cast(TS),
-    }
+    cols = {name: [d.get(name) for d in dicts] for name in IMPRESSION_COLUMNS}
+    cols["ts"] = pa.array([int(round(t * 1000)) for t in cols["ts"]], pa.int64()).cast(TS)
+    cols["clicked"] = [int(bool(c)) for c in cols["clicked"]]
+    cols["joined_at"] = pa.array([now] * len(dicts), pa.int64()).cast(TS)
     return pa.Table.from_pydict(cols, schema=IMPRESSIONS_SCHEMA)
 
 
@@ -97,7 +89,7 @@ class StreamStore:
         """The most recent ``rows`` impressions, oldest first, in a deterministic order (the same
         data gives the same fit, hence the same ONNX bytes: the registry's dedup relies on it)."""
         sql = (
-            f"SELECT * FROM (SELECT ts, query_id, policy_version, user_id, query, text, ad_id, bid, clicked, click_probability "
+            f"SELECT * FROM (SELECT {', '.join(IMPRESSION_COLUMNS)} "
             f"FROM {DATABASE}.{IMPRESSIONS_TABLE} FINAL ORDER BY ts DESC, query_id DESC, ad_id DESC LIMIT {{n:UInt64}}) "
             f"ORDER BY ts, query_id, ad_id"
         )

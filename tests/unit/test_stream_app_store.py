@@ -3,9 +3,14 @@ and the CLI wiring of ``serve stream-app``."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
+import pyarrow as pa
+
 from llm_auction.cli import build_parser
+from llm_auction.infra.ddl import migrations
+from llm_auction.infra.warehouse import TS
 from llm_auction.stream_app.join import Impression
 from llm_auction.stream_app.store import IMPRESSIONS_SCHEMA, impressions_table
 
@@ -23,6 +28,15 @@ def test_impressions_become_arrow_rows_with_ms_utc_times_and_nullable_truth():
     assert [(r["ad_id"], r["bid"], r["clicked"], r["click_probability"]) for r in got] == [("Ad-0001", 42, 1, 0.25), ("Ad-0002", 7, 0, None)]
     assert got[0]["ts"] == ts and got[0]["joined_at"] == joined
     assert {k: got[0][k] for k in ("query_id", "policy_version", "user_id", "query", "text")} == {"query_id": "q1", "policy_version": "v1", "user_id": "u1", "query": "tea?", "text": "answer"}
+
+
+def test_the_stream_impressions_table_has_the_impression_rows_columns():
+    # migration 0006 (frozen once applied) and the Arrow schema derived from the Impression dataclass
+    sql = next(m.sql for m in migrations() if m.version == 6)
+    body = re.search(r"CREATE TABLE IF NOT EXISTS llm_auction\.stream_impressions\s*\((.*?)\n\)", sql, re.S).group(1)
+    columns = dict(re.findall(r"^\s*(\w+)\s+(.+?),?\s*$", body, re.M))
+    arrow = {"String": pa.string(), "LowCardinality(String)": pa.string(), "UInt8": pa.uint8(), "Nullable(Float64)": pa.float64(), "DateTime64(3, 'UTC')": TS}
+    assert {name: arrow[t] for name, t in columns.items()} == dict(zip(IMPRESSIONS_SCHEMA.names, IMPRESSIONS_SCHEMA.types))
 
 
 def test_serve_stream_app_and_stream_app_share_one_handler():
