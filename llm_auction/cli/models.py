@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from llm_auction.cli.args import add_out, add_seed
+
 TINY_DIR = "tiny-gpt2"
 SMOLLM2_DIR = "smollm2"  # where consumers.build looks by default
 
@@ -33,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and save a transformers folder. Deterministic for a seed."
         ),
     )
-    b.add_argument("--out", type=Path, default=None, help=f"output folder (default: <LLMA_DATA_DIR>/models/{TINY_DIR})")
-    b.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
+    add_out(b, "output folder", f"<LLMA_DATA_DIR>/models/{TINY_DIR}")
+    add_seed(b)
     b.add_argument("--steps", type=int, default=None, help="training steps (default: the TinyConfig default)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(handler=_build_tiny)
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "folder is already prepared, unless --force."
         ),
     )
-    s.add_argument("--out", type=Path, default=None, help=f"output folder (default: <LLMA_DATA_DIR>/models/{SMOLLM2_DIR})")
+    add_out(s, "output folder", f"<LLMA_DATA_DIR>/models/{SMOLLM2_DIR}")
     s.add_argument("--force", action="store_true", help="redo the conversion even if the folder is prepared")
     s.set_defaults(handler=_prepare_smollm2)
 
@@ -70,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-demo", action="store_true", help="leave out the one-shot demonstration exchange")
     g.add_argument("--max-new-tokens", type=int, default=160)
     g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--seed", type=int, default=0)
+    add_seed(g, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads while generating (transformers)")
     g.set_defaults(handler=_generate)
 

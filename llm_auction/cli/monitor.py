@@ -13,6 +13,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from llm_auction.cli.args import add_out
+
 POLICY_COLUMNS = [
     ("policy_version", "policy", "{}"),
     ("queries", "queries", "{:d}"),
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_monitor)
 
     p = sub.add_parser("report", help="write PNG plots and a markdown summary of the warehouse", description="Write revenue-per-minute and CTR plots per policy version (PNG) and summary.md to --out.")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out(p, "output folder")
     p.set_defaults(handler=_report)
 
 

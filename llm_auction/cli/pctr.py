@@ -14,6 +14,9 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from llm_auction.cli.args import add_encoder, add_out, add_seed
+
+REGISTRY_DEFAULT = "LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--from-clickhouse", action="store_true", help="read impressions from the warehouse (LLMA_CLICKHOUSE_URL)")
     t.add_argument("--since", type=datetime.fromisoformat, default=None, help="with --from-clickhouse: only answers at or after this ISO time")
     t.add_argument("--limit", type=int, default=None, help="with --from-clickhouse: at most this many rows")
-    t.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
+    add_out(t, "registry root", REGISTRY_DEFAULT)
     t.add_argument("--epochs", type=int, default=8, help="max epochs (early stopping on the holdout; default 8)")
     t.add_argument("--holdout", type=float, default=0.1, help="share of queries held out for evaluation (default 0.1)")
-    t.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
+    add_seed(t)
     t.add_argument("--threads", type=int, default=None, help="torch threads for the fit (default 1, PctrConfig's; 0: torch's default)")
     t.add_argument("--cold", action="store_true", help="train from scratch instead of warm-starting from the latest promoted version")
     t.add_argument("--min-auc", type=float, default=None, help="holdout AUC needed to publish as promoted (default: LLMA_PCTR_MIN_AUC)")
-    t.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the bundled all-MiniLM-L6-v2)")
-    t.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz, loaded and saved (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    add_encoder(t, cache_use=", loaded and saved")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(handler=_train)
 
@@ -57,14 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--version", default=None, help="version to evaluate, like pctr-0003 (default: the latest promoted)")
     e.add_argument("--impressions", type=Path, required=True, help="impressions file (.parquet, .jsonl or .csv)")
-    e.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
-    e.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the model's, else the bundled MiniLM)")
-    e.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    add_out(e, "registry root", REGISTRY_DEFAULT)
+    add_encoder(e, default="the model's, else the bundled MiniLM")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(handler=_eval)
 
     ls = cmds.add_parser("list", help="list published versions", description="Published pCTR versions, oldest first, as JSON lines.")
-    ls.add_argument("--out", type=Path, default=None, help="registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
+    add_out(ls, "registry root", REGISTRY_DEFAULT)
     ls.set_defaults(handler=_list)
 
     s = cmds.add_parser(
@@ -72,13 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write synthetic impressions from a known click function (to try train/eval)",
         description="Impressions whose clicks are drawn from a known function of query/ad-title relevance and per-ad/user biases; the true probability is the click_probability column.",
     )
-    s.add_argument("--out", type=Path, required=True, help="output file (.parquet, .jsonl or .csv)")
+    add_out(s, "output file (.parquet, .jsonl or .csv)")
     s.add_argument("--queries", type=int, default=1000, help="distinct queries (default 1000)")
     s.add_argument("--answers-per-query", type=int, default=2, help="responses per query (default 2)")
     s.add_argument("--replays", type=int, default=4, help="times each response is served, fresh clicks each (default 4)")
-    s.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
-    s.add_argument("--encoder", type=Path, default=None, help="sentence-transformers folder (default: the bundled all-MiniLM-L6-v2)")
-    s.add_argument("--embedding-cache", type=Path, default=None, help="encoder cache .npz (default: <LLMA_DATA_DIR>/pctr/encoder-cache.npz)")
+    add_seed(s)
+    add_encoder(s)
     s.set_defaults(handler=_synth)
     p.set_defaults(handler=lambda args: p.print_help() or 0)
 

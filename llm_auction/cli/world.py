@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from llm_auction.cli.args import add_out, add_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "integer bids 1..100 per ad per query) and manifest.json. Deterministic for a seed."
         ),
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <LLMA_DATA_DIR>/world)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: LLMA_SEED)")
+    add_out(p, "output folder", "<LLMA_DATA_DIR>/world")
+    add_seed(p)
     p.add_argument("--users", type=int, default=3000, help="number of user profiles (default 3000)")
     p.add_argument("--queries-per-user", type=int, default=5, help="queries per profile (default 5)")
     p.add_argument("--test", type=int, default=None, help="queries held out for test (default: 20%% of all)")
