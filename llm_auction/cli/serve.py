@@ -12,6 +12,8 @@ import json
 import threading
 from pathlib import Path
 
+from llm_auction.cli.bootstrap import kafka_bootstrap as _bootstrap
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -69,16 +71,6 @@ def _stream_app_arguments(p: argparse.ArgumentParser) -> None:
 def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-messages", type=int, help="exit after consuming this many messages")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a message")
-
-
-def _bootstrap(settings) -> str:
-    from llm_auction.cli import CliError
-    from llm_auction.infra.kafka import check_broker
-
-    if not settings.kafka_bootstrap:
-        raise CliError("LLMA_KAFKA_BOOTSTRAP is not set; start a broker (`llm-auction broker`) and export its address, or run `llm-auction demo` for the all-in-one loop")
-    check_broker(settings.kafka_bootstrap, settings)
-    return settings.kafka_bootstrap
 
 
 def _with_overrides(settings, args):

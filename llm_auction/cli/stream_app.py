@@ -54,14 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from llm_auction.cli.serve import _bootstrap
+    from llm_auction.cli.bootstrap import kafka_bootstrap
     from llm_auction.infra.kafka import ensure_topics
     from llm_auction.schemas.settings import get_settings
     from llm_auction.stream_app.app import StreamTopics, create_app, run_worker
 
     s = get_settings()
     cfg = pctr_config(s, args)  # before anything connects: a bad value fails at once
-    bootstrap = _bootstrap(s)
+    bootstrap = kafka_bootstrap(s)
     d = StreamTopics()
     topics = StreamTopics(
         responses=args.responses_topic or d.responses, clicks=args.clicks_topic or d.clicks,

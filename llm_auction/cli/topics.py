@@ -16,15 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bootstrap():
-    from llm_auction.cli import CliError
-    from llm_auction.infra.kafka import check_broker
+    from llm_auction.cli.bootstrap import kafka_bootstrap
     from llm_auction.schemas.settings import get_settings
 
     s = get_settings()
-    if not s.kafka_bootstrap:
-        raise CliError("LLMA_KAFKA_BOOTSTRAP is not set; `llm-auction broker` starts a local broker and prints its address")
-    check_broker(s.kafka_bootstrap, s)
-    return s, s.kafka_bootstrap
+    return s, kafka_bootstrap(s)
 
 
 def _create(args) -> int:
