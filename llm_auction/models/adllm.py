@@ -2,13 +2,14 @@
 
 An Ad-LLM is the allocation rule of the auction: given queries (profile, question, candidate ads
 with bids) it writes answers with ads woven in as ``@Ad Title@[Ad-XXXX]``. Backends differ only
-in how they run the model -- transformers (CPU or CUDA) or vLLM (GPU) -- and share the prompt
+in how they run the model -- transformers (CPU or CUDA) or vLLM (CPU or GPU) -- and share the prompt
 (:mod:`llm_auction.models.prompt`), the sampling settings and the policy-version bookkeeping
 defined here, so the same policy version gives the same kind of answers on either.
 
 Policies are versions of the weights: the base model the backend was opened with (version
 ``base_version``), full fine-tuned folders, or LoRA adapters over the base. ``load_policy``
-registers a version; ``generate(..., policy_version=...)`` serves any registered one.
+registers a version; ``generate(..., policy_version=...)`` serves any registered one, or one
+version per query (a canary rollout mixes versions in one batch).
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ class AdLLM(Protocol):
 
     config: AdLLMConfig
 
-    def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1) -> list[list[str]]:
-        """``n`` sampled answers per query (completion text only), in query order."""
+    def generate(self, queries: list[QueryEvent], policy_version: str | Sequence[str], n: int = 1) -> list[list[str]]:
+        """``n`` sampled answers per query (completion text only), in query order; ``policy_version``
+        is one version for all queries or one per query."""
         ...
 
     def load_policy(self, version: str, uri: str, kind: PolicyKind = "full") -> None:
@@ -121,6 +123,20 @@ class AdLLM(Protocol):
     def versions(self) -> list[str]:
         """The policy versions this backend can serve."""
         ...
+
+    def close(self) -> None:
+        """Release the model (and any engine process); the backend cannot generate afterwards."""
+        ...
+
+
+def per_query_versions(queries: Sequence[QueryEvent], policy_version: str | Sequence[str]) -> list[str]:
+    """``generate``'s ``policy_version`` argument as one version per query (checked)."""
+    if isinstance(policy_version, str):
+        return [policy_version] * len(queries)
+    versions = list(policy_version)
+    if len(versions) != len(queries):
+        raise ValueError(f"generate: {len(versions)} policy versions for {len(queries)} queries")
+    return versions
 
 
 def prompt_messages(query: QueryEvent, demonstration: bool, select: CandidateSelector | None = None) -> list[dict]:
@@ -151,6 +167,7 @@ def make_backend(
     *,
     sampling: SamplingConfig | None = None,
     select: CandidateSelector | None = None,
+    engine=None,
     engine_kwargs: dict | None = None,
     **config_kwargs,
 ) -> AdLLM:
@@ -158,17 +175,18 @@ def make_backend(
 
     ``select`` narrows each query's candidates before prompting (for example
     :class:`llm_auction.models.retrieval.RetrievalSelector`); by default every candidate is listed.
-    ``engine_kwargs`` go to ``vllm.LLM`` (vllm backend only); ``config_kwargs`` to :class:`AdLLMConfig`.
+    ``engine`` (:class:`~llm_auction.models.vllm_backend.VLLMEngineConfig`) and ``engine_kwargs`` (passed
+    to ``vllm.LLM``) are for the vllm backend only; ``config_kwargs`` go to :class:`AdLLMConfig`.
     """
     config = AdLLMConfig(model_path=model_path, sampling=sampling or SamplingConfig(), **config_kwargs)
     if name == "transformers":
-        if engine_kwargs:
-            raise ValueError("engine_kwargs are for the vllm backend only")
+        if engine_kwargs or engine is not None:
+            raise ValueError("engine settings and engine_kwargs are for the vllm backend only")
         from .hf_backend import TransformersAdLLM
 
         return TransformersAdLLM(config, select=select)
     if name == "vllm":
         from .vllm_backend import VLLMAdLLM
 
-        return VLLMAdLLM(config, select=select, **(engine_kwargs or {}))
+        return VLLMAdLLM(config, select=select, engine=engine, **(engine_kwargs or {}))
     raise ValueError(f"unknown Ad-LLM backend {name!r} (choose 'transformers' or 'vllm')")

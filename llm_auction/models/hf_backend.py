@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from llm_auction.logs import log_event
 from llm_auction.schemas import QueryEvent
 
-from .adllm import AdLLMConfig, CandidateSelector, PolicyKind, UnknownPolicy, check_policy_args, prompt_messages
+from .adllm import AdLLMConfig, CandidateSelector, PolicyKind, UnknownPolicy, check_policy_args, per_query_versions, prompt_messages
 from .prompt import render_prompt
 
 log = logging.getLogger(__name__)
@@ -190,22 +191,37 @@ class TransformersAdLLM:
             )
         return budget
 
-    def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1, *, seed: int | None = None) -> list[list[str]]:
-        """``n`` answers per query from ``policy_version``; ``seed`` overrides the config's."""
+    def close(self) -> None:
+        """Drop the loaded policies (the base model goes with the object): nothing runs outside this process."""
+        self._loaded.clear()
+
+    def generate(
+        self, queries: list[QueryEvent], policy_version: str | Sequence[str], n: int = 1, *, seed: int | None = None
+    ) -> list[list[str]]:
+        """``n`` answers per query from ``policy_version`` (one, or one per query: each version's
+        queries run as their own batches); ``seed`` overrides the config's."""
         import torch
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not queries:
             return []
-        model = self._model(policy_version)
+        versions = per_query_versions(queries, policy_version)
+        groups: dict[str, list[int]] = {}
+        for i, v in enumerate(versions):
+            groups.setdefault(v, []).append(i)
+        models = {v: self._model(v) for v in groups}  # an unknown version fails before any work
         threads = torch.get_num_threads()
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
+        out: list[list[str] | None] = [None] * len(queries)
         try:
-            return self._generate(model, queries, policy_version, n, seed)
+            for v, idx in groups.items():
+                for i, texts in zip(idx, self._generate(models[v], [queries[i] for i in idx], v, n, seed)):
+                    out[i] = texts
         finally:
             torch.set_num_threads(threads)
+        return out  # type: ignore[return-value]
 
     def _generate(self, model, queries: list[QueryEvent], policy_version: str, n: int, seed: int | None) -> list[list[str]]:
         import torch

@@ -8,6 +8,8 @@ generation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from llm_auction.schemas import QueryEvent
 
 TEMPLATE = "Here is a short, helpful answer to your question. If it helps, @{title}@[{ad_id}] is a good fit for this."
@@ -19,7 +21,7 @@ class StoredAnswerBackend:
     def __init__(self, template: str = TEMPLATE):
         self.template = template
 
-    def generate(self, queries: list[QueryEvent], policy_version: str, n: int = 1) -> list[list[str]]:
+    def generate(self, queries: list[QueryEvent], policy_version: str | Sequence[str], n: int = 1) -> list[list[str]]:
         out = []
         for q in queries:
             best = q.candidates.highest_bid()  # one C-level pass over the bid column
@@ -28,3 +30,6 @@ class StoredAnswerBackend:
 
     def load_policy(self, version: str, uri: str, kind: str = "full") -> None:
         """Nothing to load: every version answers the same."""
+
+    def close(self) -> None:
+        """Nothing to release."""
