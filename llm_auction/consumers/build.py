@@ -18,7 +18,7 @@ from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
 
 from llm_auction.infra.kafka import make_consumer
 
-from .clicker import ClickerHandler
+from .user_sim import UserSimHandler
 from .local_loop import LocalLoop
 from .responder import PolicyState, ResponderHandler
 from .service import ServiceConfig, StreamService
@@ -73,7 +73,7 @@ def clicker_service(settings: Settings, bootstrap: str, producer, simulator, sto
     # No batch window: the click model is cheap per response and batches grow with load anyway
     # (what one poll returns); a window only delays responses at light load (see service.py).
     cfg = ServiceConfig("user-sim", "llma-user-sim", {RESPONSES: ResponseEvent}, batch_size=64, batch_max_wait_s=0.0)
-    return _service(settings, bootstrap, cfg, ClickerHandler(simulator), producer, stop)
+    return _service(settings, bootstrap, cfg, UserSimHandler(simulator), producer, stop)
 
 
 def sink_service(settings: Settings, bootstrap: str, producer, client, stop: threading.Event | None = None) -> StreamService:

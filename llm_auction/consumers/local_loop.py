@@ -19,27 +19,27 @@ from tqdm import tqdm
 from .service import StreamService, run_in_threads
 
 
-def is_drained(n_queries: int, responder: Mapping[str, float], clicker: Mapping[str, float], sink: Mapping[str, float], extra_sink_events: int = 0) -> bool:
+def is_drained(n_queries: int, responder: Mapping[str, float], user_sim: Mapping[str, float], sink: Mapping[str, float], extra_sink_events: int = 0) -> bool:
     """The loop's quiet rule, from the services' counters (``stats``): every query answered or
     dead-lettered, every response's clicks decided, and every query, response and click stored."""
     return (
         responder["produced"] + responder["dead_lettered"] >= n_queries
-        and clicker["consumed"] >= responder["produced"]
-        and sink["consumed"] >= n_queries + responder["produced"] + clicker["produced"] + extra_sink_events
+        and user_sim["consumed"] >= responder["produced"]
+        and sink["consumed"] >= n_queries + responder["produced"] + user_sim["produced"] + extra_sink_events
     )
 
 
 @dataclass
 class LocalLoop:
     responder: StreamService
-    clicker: StreamService
+    user_sim: StreamService
     sink: StreamService
     stop: threading.Event
     threads: list[threading.Thread] = field(default_factory=list)
 
     @property
     def services(self) -> list[StreamService]:
-        return [self.responder, self.clicker, self.sink]
+        return [self.responder, self.user_sim, self.sink]
 
     def start(self) -> "LocalLoop":
         self.threads = run_in_threads(self.services)
@@ -65,7 +65,7 @@ class LocalLoop:
 
     def wait_drained(self, n_queries: int, extra_sink_events: int = 0, timeout_s: float = 900, show_progress: bool = False) -> None:
         """Block until ``n_queries`` were answered, their clicks decided, and everything stored."""
-        r, u, k = self.responder, self.clicker, self.sink
+        r, u, k = self.responder, self.user_sim, self.sink
         self._wait(lambda: r.stats["produced"] + r.stats["dead_lettered"] >= n_queries, timeout_s, "answering", lambda: r.stats["produced"], n_queries, show_progress)
         self._wait(lambda: u.stats["consumed"] >= r.stats["produced"], 120, "click decisions")
         self._wait(lambda: is_drained(n_queries, r.stats, u.stats, k.stats, extra_sink_events), 120, "the warehouse sink")

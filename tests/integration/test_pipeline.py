@@ -80,11 +80,11 @@ def test_every_query_answered_clicked_and_billed_exactly_once(loop, small_world,
     assert n == 40
     loop.wait_drained(n, timeout_s=90)
     mine = lambda ev: f".{run}." in ev.query_id  # noqa: E731
-    clicks = _read_topic(s, kafka_bootstrap, CLICKS, ClickEvent, mine, loop.clicker.stats["produced"])
+    clicks = _read_topic(s, kafka_bootstrap, CLICKS, ClickEvent, mine, loop.user_sim.stats["produced"])
 
     t = warehouse.totals(clickhouse_client)
     assert t["queries"] == n and t["responses"] == n
-    assert t["click_events"] == len(clicks) == loop.clicker.stats["produced"]
+    assert t["click_events"] == len(clicks) == loop.user_sim.stats["produced"]
     assert t["clicks"] == sum(c.clicked for c in clicks)
     # the stored answer exposes exactly one ad per query, so one decision per query
     assert len(clicks) == n
@@ -171,7 +171,7 @@ def test_poison_messages_are_dead_lettered_and_totals_unaffected(loop, small_wor
     assert loop.responder.stats["produced"] == n  # nothing answered for the poison
     assert loop.responder.stats["dead_lettered"] == 2
     t = warehouse.totals(clickhouse_client)
-    assert t["responses"] == n and t["click_events"] == loop.clicker.stats["produced"]
+    assert t["responses"] == n and t["click_events"] == loop.user_sim.stats["produced"]
 
 
 def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_twice(kafka_bootstrap, clickhouse_client, small_world, text_encoder):
@@ -181,12 +181,12 @@ def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_t
     stop = threading.Event()
     sim = make_user_simulator("embedding", seed=s.seed, encoder=text_encoder)
     responder = build.responder_service(s, kafka_bootstrap, producer, StoredAnswerBackend(), build.candidate_picker(s, text_encoder), stop)
-    clicker = build.clicker_service(s, kafka_bootstrap, producer, sim, stop)
-    run_in_threads([responder, clicker])
+    user_sim = build.clicker_service(s, kafka_bootstrap, producer, sim, stop)
+    run_in_threads([responder, user_sim])
     run = uuid.uuid4().hex[:8]
     n = replay(small_world, producer, ReplayConfig(split="test", limit=40, run_id=run, seed=5), progress=False)
-    _wait(lambda: clicker.stats["consumed"] >= n, 90, "click decisions")
-    total_events = 2 * n + clicker.stats["produced"]
+    _wait(lambda: user_sim.stats["consumed"] >= n, 90, "click decisions")
+    total_events = 2 * n + user_sim.stats["produced"]
 
     # First sink: dies on its second commit, after that batch was already inserted.
     sink1 = build.sink_service(s, kafka_bootstrap, producer, clickhouse_client, threading.Event())
@@ -211,7 +211,7 @@ def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_t
     stop.set()
     producer.close()
 
-    clicks = _read_topic(s, kafka_bootstrap, CLICKS, ClickEvent, lambda ev: f".{run}." in ev.query_id, clicker.stats["produced"])
+    clicks = _read_topic(s, kafka_bootstrap, CLICKS, ClickEvent, lambda ev: f".{run}." in ev.query_id, user_sim.stats["produced"])
     t = warehouse.totals(clickhouse_client)
     assert (t["queries"], t["responses"], t["click_events"]) == (n, n, len(clicks))
     assert t["revenue"] == pytest.approx(sum(c.bid for c in clicks if c.clicked))

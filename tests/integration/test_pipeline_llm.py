@@ -50,4 +50,4 @@ def test_tiny_model_answers_flow_into_the_warehouse_as_the_mechanism_reads_them(
     # the tiny model was trained to insert markers: some answers expose ads
     assert sum(r["n_ads"] for r in rows) > 0
     t = warehouse.totals(clickhouse_client)
-    assert t["click_events"] == sum(r["n_ads"] for r in rows) == loop.clicker.stats["produced"]
+    assert t["click_events"] == sum(r["n_ads"] for r in rows) == loop.user_sim.stats["produced"]

@@ -1,4 +1,4 @@
-"""The user-simulator service: responses in, one click decision per exposed ad out.
+"""The user-sim service (``llm-auction serve user-sim``): responses in, one click decision per exposed ad out.
 
 The simulator is the environment's ground truth (``llm_auction.models.user_sim``); this service
 only moves its decisions onto ``auction.clicks``, keyed by query so a query's response and
@@ -14,7 +14,7 @@ from llm_auction.schemas.topics import CLICKS
 from .service import Item, Outcome, Output
 
 
-class ClickerHandler:
+class UserSimHandler:
     def __init__(self, simulator):
         self.simulator = simulator
 
