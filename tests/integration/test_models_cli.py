@@ -3,10 +3,14 @@ allocations, prepare-smollm2 skips a prepared folder; errors are one line."""
 
 import json
 
+import pytest
+
 from llm_auction.cli import main
 from llm_auction.schemas import encode
 
 from models_fixtures import make_queries, tiny_model_dir  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.integration  # trains and loads the tiny GPT-2
 
 
 def test_build_tiny_writes_a_loadable_folder(tmp_path, capsys):

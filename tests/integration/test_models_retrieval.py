@@ -6,6 +6,8 @@ from llm_auction.models.retrieval import RetrievalSelector, top_k_candidates
 from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
 from llm_auction.schemas.catalog import load_catalog
 
+pytestmark = pytest.mark.integration  # loads MiniLM
+
 COFFEE = {a.ad_id for a in load_catalog() if a.category in ("coffee", "coffee ware")}
 
 

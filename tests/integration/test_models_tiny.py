@@ -18,6 +18,8 @@ from llm_auction.schemas.catalog import load_catalog
 
 from models_fixtures import make_queries, tiny_adllm, tiny_model_dir  # noqa: F401  (session fixtures)
 
+pytestmark = pytest.mark.integration  # trains and loads the tiny GPT-2
+
 
 def valid(text: str, q: QueryEvent) -> bool:
     a = allocate(text, q.candidates)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 
+from llm_auction.models.user_sim import click_event_id
 from llm_auction.schemas.ids import DerivedIds, stable_hash
 
 
@@ -30,3 +31,10 @@ def test_derived_ids_are_uuid5():
     ids = DerivedIds(ns)
     for name in ["q1/v0", "", "é/ü", "x" * 500]:
         assert ids(name) == str(uuid.uuid5(uuid.UUID(ns), name))
+
+
+def test_click_event_id_is_the_uuid5_of_response_and_ad():
+    ns = uuid.UUID("6f1d5c1e-4b7a-4f0e-9a51-2c3c0c7d1a11")  # fixed: changing it would change every click id
+    pairs = [("eb5014fa-84cc-5c79-b56a-7d8bb4eb282f", "Ad-7499"), ("réponse ü", "Ad-9999")] + [(f"r-{i}", "Ad-0001") for i in range(2000)]
+    for rid, ad in pairs:
+        assert click_event_id(rid, ad) == str(uuid.uuid5(ns, f"{rid}/{ad}"))

@@ -19,6 +19,8 @@ from llm_auction.trainer.metrics import auc
 from llm_auction.trainer.pctr_fit import PctrConfig, PctrTrainer, holdout_mask, score_impressions
 from llm_auction.trainer.pctr_synth import synthetic_impressions
 
+pytestmark = pytest.mark.integration  # loads MiniLM
+
 
 @pytest.fixture(scope="module")
 def encoder(request, text_encoder):
