@@ -18,6 +18,15 @@ Contract:
 - **Poison messages.** A record that does not decode, or that the handler rejects, goes to
   ``auction.dead-letter`` with the reason and is counted; a batch whose handler raises is retried
   item by item, so one bad record cannot block its neighbours.
+- **Infrastructure faults are not poison.** When the failure is the infrastructure's (ClickHouse
+  or the broker unreachable, a timeout, memory exhausted, a policy version not loaded:
+  :func:`~llm_auction.consumers.faults.is_transient` decides), the whole batch is retried with
+  exponential backoff (``fault_backoff_s`` doubling up to ``fault_backoff_max_s``); nothing is
+  dead-lettered and no later batch is processed, so nothing is committed past it. Meanwhile the
+  service reports itself unhealthy (``stats["unhealthy"] == 1``, a warning per retry); after
+  ``fault_timeout_s`` it stops with :class:`OutageError`, the batch uncommitted, so a restart
+  replays it. The bound stays below kafka-python's ``max_poll_interval_ms`` (300 s), past which
+  the group takes the partitions from a consumer that does not poll.
 - **Batches** close on size or on age (``batch_max_wait_s`` after their first record): the sink
   wants large, time-bounded inserts and the responder model-sized batches. With
   ``batch_max_wait_s=0`` a batch is what one poll returns, the setting for a latency-bound hop
@@ -44,9 +53,15 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from llm_auction.infra.delivery import DeliveryError, Sends
+from llm_auction.infra.errors import InfraError
 from llm_auction.logs import log_event
 from llm_auction.schemas import DeadLetter, SchemaError, decode, encode
 from llm_auction.schemas.topics import DEAD_LETTER
+
+from .faults import is_transient
+
+__all__ = ["DeliveryError", "Handler", "Item", "Outcome", "OutageError", "Output", "ServiceConfig", "StreamService", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +83,21 @@ class Item:
     event: BaseModel
 
 
-class DeliveryError(RuntimeError):
-    """Outputs the broker would not take after every attempt; their batch was not committed."""
+class OutageError(InfraError):
+    """An infrastructure fault outlasted ``fault_timeout_s`` (or a stop came during one); the
+    batch it hit was not committed, so a restart replays it."""
 
 
-class _InFlight:
+class _InFlight(Sends):
     """A processed batch waiting for the broker to acknowledge its sends before it is committed."""
 
-    __slots__ = ("offsets", "sends", "futures", "stamps", "sent_ms", "acked_ms", "checked", "attempts")
+    __slots__ = ("offsets", "stamps", "sent_ms")
 
     def __init__(self) -> None:
+        super().__init__()
         self.offsets: dict[Any, int] = {}  # TopicPartition -> next offset to read (last + 1)
-        self.sends: list[tuple[str, bytes, bytes, int | None]] = []  # (topic, key, value, partition), to resend
-        self.futures: list[Any] = []  # kafka-python FutureRecordMetadata, index-aligned with sends
         self.stamps: list[tuple[float, float | None]] = []  # per record: (Kafka timestamp ms, polled at ms)
         self.sent_ms = 0.0  # wall clock when the last of its sends was handed to the producer
-        self.acked_ms = 0.0  # wall clock of the latest acknowledgement (producer callback, IO thread)
-        self.checked = 0  # futures[:checked] are known to be done
-        self.attempts = 1
-
-    def acked(self, _metadata=None) -> None:
-        self.acked_ms = time.time() * 1000.0  # the last callback to run leaves the latest time
 
     def done_at_ms(self) -> float:
         """When the hop was done: the broker's last ack (from then on the downstream can read it),
@@ -98,13 +107,6 @@ class _InFlight:
         if not self.acked_ms:  # done, but the last callback has not run yet (it runs just after)
             return time.time() * 1000.0
         return max(self.acked_ms, self.sent_ms)
-
-    def done(self) -> bool:
-        futures, i = self.futures, self.checked
-        while i < len(futures) and futures[i].is_done:
-            i += 1
-        self.checked = i
-        return i == len(futures)
 
 
 @dataclass
@@ -131,6 +133,12 @@ class ServiceConfig:
     commit_async: bool = True  # see the module docstring; False waits for every commit
     max_in_flight_batches: int = 16  # processed batches awaiting acks; more makes the loop wait
     send_attempts: int = 3  # per output, counting the first; each is itself retried by the producer
+    # Infrastructure faults (module docstring, consumers/faults.py): the batch is retried after
+    # fault_backoff_s, doubling up to fault_backoff_max_s, for fault_timeout_s in all; then the
+    # service stops with OutageError (`serve` sets it from LLMA_SERVICE_FAULT_TIMEOUT_S).
+    fault_timeout_s: float = 120.0
+    fault_backoff_s: float = 0.5
+    fault_backoff_max_s: float = 15.0
 
 
 # Collector tuning for a streaming process. Every decoded event is a tree of small objects (a
@@ -175,6 +183,12 @@ class StreamService:
         self._in_flight: deque[_InFlight] = deque()
         self._batch = _InFlight()  # the batch being processed
         self._settled: dict[Any, int] = {}  # TopicPartition -> offset, everything settled so far
+        self.failing_since: float | None = None  # monotonic time an infrastructure fault began; None: healthy
+
+    @property
+    def healthy(self) -> bool:
+        """False while an infrastructure fault holds the loop (also in ``stats["unhealthy"]``)."""
+        return self.failing_since is None
 
     # -- one batch -------------------------------------------------------------------------
     def _dead_letter(self, record, reason: str) -> None:
@@ -191,15 +205,7 @@ class StreamService:
 
     def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
         """Produce one output of the batch being processed, kept for a resend until it is acked."""
-        send = (topic, key, value, partition)
-        self._batch.sends.append(send)
-        self._batch.futures.append(self._produce(self._batch, send))
-
-    def _produce(self, batch: _InFlight, send: tuple[str, bytes, bytes, int | None]) -> Any:
-        topic, key, value, partition = send
-        future = self.producer.send(topic, key=key, value=value, partition=partition)
-        future.add_callback(batch.acked)
-        return future
+        self._batch.add(self.producer, topic, key, value, partition)
 
     def _committed(self, offsets, response) -> None:
         """commit_async's callback (kafka-python's IO thread): count and log a failed commit."""
@@ -212,9 +218,13 @@ class StreamService:
             self.stats[key] += n
 
     def _handle(self, items: list[Item]) -> Outcome:
+        """The handler's outcome; an input fault rejects the record it comes from (a failing batch
+        is retried item by item), an infrastructure fault propagates (see :meth:`_handle_until_done`)."""
         try:
             return self.handler.handle(items)
         except Exception as e:  # noqa: BLE001 - a failing batch is retried item by item
+            if is_transient(e):
+                raise
             if len(items) == 1:
                 return Outcome(rejected=[(items[0], f"{type(e).__name__}: {e}")])
             log_event(log, "batch failed; retrying item by item", logging.WARNING, service=self.config.name, error=f"{type(e).__name__}: {e}"[:300])
@@ -224,6 +234,45 @@ class StreamService:
                 out.outputs += one.outputs
                 out.rejected += one.rejected
             return out
+
+    def _handle_until_done(self, items: list[Item]) -> Outcome:
+        """:meth:`_handle`, retried with exponential backoff while the infrastructure fails.
+
+        Nothing else is processed meanwhile, so nothing is committed past the batch (earlier
+        batches whose outputs are acknowledged still are). Past ``fault_timeout_s``, or when
+        ``stop`` is set during a wait, raises :class:`OutageError` with the batch uncommitted.
+        """
+        cfg = self.config
+        delay, attempt = cfg.fault_backoff_s, 0
+        while True:
+            try:
+                outcome = self._handle(items)
+            except Exception as e:  # noqa: BLE001 - _handle lets only infrastructure faults out
+                attempt += 1
+                now = time.monotonic()
+                if self.failing_since is None:
+                    self.failing_since = now
+                failing_s = now - self.failing_since
+                error = f"{type(e).__name__}: {e}"[:300]
+                self._count("infra_faults")
+                with self._lock:
+                    self.stats["unhealthy"] = 1
+                wait = min(delay, cfg.fault_timeout_s - failing_s)
+                if wait <= 0:
+                    log_event(log, "infrastructure fault outlasted the bound; stopping with the batch uncommitted", logging.ERROR, service=cfg.name, error=error, attempts=attempt, failing_for_s=round(failing_s, 1), healthy=False)
+                    raise OutageError(f"{cfg.name}: {error} for {failing_s:.0f} s ({attempt} attempts, fault_timeout_s={cfg.fault_timeout_s:g}); the batch is not committed, so a restart replays it") from None
+                log_event(log, "infrastructure fault; retrying the batch, nothing is dead-lettered or committed past it", logging.WARNING, service=cfg.name, error=error, attempt=attempt, retry_in_s=round(wait, 2), failing_for_s=round(failing_s, 1), healthy=False)
+                self.settle()  # earlier batches already acknowledged are committed meanwhile
+                if self.stop.wait(wait):
+                    raise OutageError(f"{cfg.name}: stopped during an infrastructure fault ({error}); the batch is not committed, so a restart replays it") from None
+                delay = min(delay * 2, cfg.fault_backoff_max_s)
+                continue
+            if self.failing_since is not None:
+                log_event(log, "infrastructure fault over; healthy again", service=cfg.name, failing_for_s=round(time.monotonic() - self.failing_since, 1), attempts=attempt + 1, healthy=True)
+                self.failing_since = None
+                with self._lock:
+                    self.stats["unhealthy"] = 0
+            return outcome
 
     @staticmethod
     def _partitions_by_key(records: Sequence[Any]) -> dict[bytes, tuple[str, int]]:
@@ -266,7 +315,7 @@ class StreamService:
                 items.append(Item(r, decode(r.value, model)))
             except SchemaError as e:
                 self._dead_letter(r, str(e))
-        outcome = self._handle(items) if items else Outcome()
+        outcome = self._handle_until_done(items) if items else Outcome()
         for item, reason in outcome.rejected:
             self._dead_letter(item.record, reason)
         if outcome.outputs:
@@ -305,16 +354,8 @@ class StreamService:
         try:
             while self._in_flight:
                 head = self._in_flight[0]
-                if not head.done():
-                    if not wait:
-                        break
-                    self.producer.flush()  # afterwards every send so far is done (acked or failed)
-                    if not head.done():
-                        break
-                failed = [i for i, f in enumerate(head.futures) if f.exception is not None]
-                if failed:
-                    self._resend(head, failed)
-                    continue
+                if not head.settle(self.producer, self.config.send_attempts, self.config.name, "their batch is not committed, so a restart replays it", wait=wait, on_retry=self._resending):
+                    break
                 done_ms = head.done_at_ms()
                 self.hop_ms.extend(done_ms - ts for ts, _ in head.stamps)
                 polled = [(ts, p) for ts, p in head.stamps if p is not None]
@@ -337,16 +378,9 @@ class StreamService:
             else:
                 self.consumer.commit(offsets=_commit_offsets(settled))
 
-    def _resend(self, batch: _InFlight, failed: list[int]) -> None:
-        errors = sorted({f"{type(batch.futures[i].exception).__name__}: {batch.futures[i].exception}"[:200] for i in failed})
-        if batch.attempts >= self.config.send_attempts:
-            raise DeliveryError(f"{self.config.name}: {len(failed)} output(s) not accepted by the broker after {batch.attempts} attempts ({'; '.join(errors)[:500]}); their batch is not committed, so a restart replays it")
-        batch.attempts += 1
-        self._count("sends_retried", len(failed))
-        log_event(log, "outputs failed after the producer's retries; sending them again, their batch stays uncommitted", logging.WARNING, service=self.config.name, failed=len(failed), attempt=batch.attempts, errors=errors[:3])
-        for i in failed:
-            batch.futures[i] = self._produce(batch, batch.sends[i])
-        batch.checked = min(failed)
+    def _resending(self, failed: int, errors: list[str]) -> None:
+        self._count("sends_retried", failed)
+        log_event(log, "outputs failed after the producer's retries; sending them again, their batch stays uncommitted", logging.WARNING, service=self.config.name, failed=failed, errors=errors[:3])
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counter[str]:
