@@ -89,7 +89,7 @@ def _with_overrides(settings, args):
 def _serve(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.consumers import build
-    from llm_auction.consumers.service import DeliveryError, install_signal_handlers
+    from llm_auction.consumers.service import DeliveryError, OutageError, install_signal_handlers
     from llm_auction.infra.kafka import make_producer
     from llm_auction.schemas.settings import get_settings
 
@@ -115,9 +115,10 @@ def _serve(args) -> int:
         client = get_client(s.resolved_clickhouse_url())
         migrate(client)
         svc = build.sink_service(s, bootstrap, producer, client, stop)
+    svc.config.fault_timeout_s = s.service_fault_timeout_s
     try:
         stats = svc.run(max_messages=args.max_messages, idle_timeout_s=args.idle_exit)
-    except DeliveryError as e:  # one line; the batch is uncommitted, so a restart replays it
+    except (DeliveryError, OutageError) as e:  # one line; the batch is uncommitted, so a restart replays it
         raise CliError(str(e)) from None
     finally:
         producer.close()

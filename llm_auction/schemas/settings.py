@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     user_sim_backend: Literal["embedding", "llm"] = Field("embedding", description="User simulator: `embedding` (calibrated click model, CPU) or `llm` (User-LLM prompt).")
     sink_batch_size: int = Field(2000, ge=1, description="Max events per ClickHouse insert in the sink.")
     sink_batch_max_wait_s: float = Field(1.0, gt=0, description="Max seconds an event waits in the sink before its batch is inserted.")
+    service_fault_timeout_s: float = Field(120.0, gt=0, le=280, description="Streaming services: seconds an infrastructure fault (ClickHouse or the broker unreachable, a timeout, memory exhausted, an unknown policy version) is retried, with backoff and nothing dead-lettered or committed past it, before the service stops (exit code 2; a restart replays the batch). At most 280: kafka-python's consumer leaves its group after 300 s without a poll.")
 
     # -- pCTR reward model and model registry --
     registry_dir: Path | None = Field(None, description="Model registry root (`pctr/` and `policy/` versions). Unset: `<data_dir>/registry`.")
