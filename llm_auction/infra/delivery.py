@@ -80,7 +80,8 @@ class Sends:
                 return True
             errors = sorted({f"{type(self.futures[i].exception).__name__}: {self.futures[i].exception}"[:200] for i in failed})
             if self.attempts >= attempts:
-                raise DeliveryError(f"{who}: {len(failed)} record(s) not accepted by the broker after {self.attempts} attempts ({'; '.join(errors)[:500]}); {consequence}")
+                msg = f"{who}: {len(failed)} record(s) not accepted by the broker after {self.attempts} attempts ({'; '.join(errors)[:500]})"
+                raise DeliveryError(f"{msg}; {consequence}" if consequence else msg)
             self.attempts += 1
             if on_retry is not None:
                 on_retry(len(failed), errors)

@@ -5,6 +5,14 @@ world twice is two sets of traffic, not duplicates, and fresh bids drawn from a 
 paper redraws bids every epoch so the policy learns to read them rather than memorize them).
 Pacing is by schedule (query i is due at start + i / rate), so a slow broker call does not
 accumulate drift.
+
+Only what the broker acknowledged counts: the progress bar and the returned count follow the
+producer's acknowledgements, not its ``send`` calls (``flush()`` returns on failed sends too).
+Sends are kept in windows of ``window`` queries until acknowledged (:class:`~llm_auction.infra.delivery.Sends`,
+shared with the service loop); a refused one is sent again, ``attempts`` in all, and after that
+the replay stops with :class:`~llm_auction.infra.delivery.DeliveryError` saying how many queries
+were lost and how many went through. At most ``max_windows`` windows wait at once, which bounds
+the memory a fast replay holds against a slow broker.
 """
 
 from __future__ import annotations
@@ -13,11 +21,13 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from llm_auction.infra.delivery import DeliveryError, Sends
 from llm_auction.schemas import QueryEvent, encode
 from llm_auction.schemas.topics import QUERIES
 
@@ -53,22 +63,50 @@ def replay_events(world: World, cfg: ReplayConfig) -> Iterator[QueryEvent]:
             return
 
 
-def replay(world: World, producer, cfg: ReplayConfig, progress: bool = True, stop: threading.Event | None = None) -> int:
-    """Send the replay to Kafka; returns the number of queries sent (all flushed)."""
+def replay(world: World, producer, cfg: ReplayConfig, progress: bool = True, stop: threading.Event | None = None,
+           attempts: int = 3, window: int = 1000, max_windows: int = 8) -> int:
+    """Send the replay to Kafka; returns the number of queries the broker acknowledged, which is
+    every query handed to the producer: a query still refused after ``attempts`` sends raises
+    :class:`DeliveryError` instead (one line; the CLI exits with code 2)."""
     total = cfg.limit if cfg.limit is not None else (None if cfg.loop else sum(1 for _ in world.records(cfg.split)))
     start = time.monotonic()
-    sent = 0
+    handed = 0  # queries given to the producer
+    settled = 0  # acknowledged queries of windows no longer kept
+    waiting: deque[Sends] = deque()  # windows not yet all acknowledged, oldest first
+    current = Sends()
+
+    def acked() -> int:
+        return settled + sum(w.n_acked for w in waiting) + current.n_acked
+
+    def settle(wait: bool) -> None:
+        nonlocal settled
+        while waiting and waiting[0].settle(producer, attempts, "replay", "", wait=wait):
+            settled += len(waiting.popleft().sends)
+
     with tqdm(total=total, desc=f"replay {cfg.split or 'all'}", unit="q", disable=None if progress else True) as bar:  # None: hidden off a terminal
-        for ev in replay_events(world, cfg):
-            if stop is not None and stop.is_set():
-                break
-            if cfg.rate:
-                due = start + sent / cfg.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            producer.send(QUERIES, key=ev.query_id.encode("utf-8"), value=encode(ev))
-            sent += 1
-            bar.update(1)
-    producer.flush()
-    return sent
+        try:
+            for ev in replay_events(world, cfg):
+                if stop is not None and stop.is_set():
+                    break
+                if cfg.rate:
+                    due = start + handed / cfg.rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                current.add(producer, QUERIES, ev.query_id.encode("utf-8"), encode(ev))
+                handed += 1
+                if len(current.sends) >= window:
+                    waiting.append(current)
+                    current = Sends()
+                    settle(wait=len(waiting) > max_windows)
+                bar.update(acked() - bar.n)
+            waiting.append(current)
+            current = Sends()
+            settle(wait=True)
+        except DeliveryError as e:
+            producer.flush()  # let the other sends finish, so the count below is final
+            lost = handed - acked()
+            raise DeliveryError(f"{e}; {lost} of {handed} queries were not delivered, {handed - lost} were") from None
+        finally:
+            bar.update(acked() - bar.n)
+    return settled
