@@ -492,6 +492,19 @@ def announce(registry: ModelRegistry, manifest: Manifest, producer, topic: str, 
     return True
 
 
+# --------------------------------------------------------------------------- the online data window
+def online_window(client, policy_version: str) -> dict[str, Any]:
+    """What ``policy_version`` earned online so far, from the warehouse (recorded in the manifest's data window)."""
+    from llm_auction.infra.ddl import DATABASE
+
+    res = client.query(
+        f"SELECT count(), min(ts), max(ts) FROM {DATABASE}.responses FINAL WHERE policy_version = {{v:String}}",
+        parameters={"v": policy_version},
+    )
+    n, first, last = res.result_rows[0]
+    return {"policy_version": policy_version, "responses": int(n), "first_ts": str(first) if n else None, "last_ts": str(last) if n else None}
+
+
 # --------------------------------------------------------------------------- evaluation
 def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
     """Mean and its bootstrap (percentile) interval."""
