@@ -67,3 +67,26 @@ def tiny_adllm(tiny_model_dir):
     from llm_auction.models.adllm import make_backend
 
     return make_backend("transformers", tiny_model_dir, num_threads=1)
+
+
+def prepare_smollm2_once(tmp_path_factory) -> Path:
+    if "smollm2" not in _BUILT:
+        given = os.environ.get("LLMA_TEST_SMOLLM2_MODEL")
+        if given:
+            _BUILT["smollm2"] = Path(given)
+        else:
+            from llm_auction.models.smollm2 import prepare_smollm2
+
+            out = tmp_path_factory.mktemp("smol") / "smollm2"
+            prepare_smollm2(out)
+            _BUILT["smollm2"] = out
+    return _BUILT["smollm2"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from the offline GGUF wheel (~30-60 s once per session).
+
+    ``LLMA_TEST_SMOLLM2_MODEL`` may name a folder prepared earlier with ``llm-auction models
+    prepare-smollm2`` to skip the conversion while iterating."""
+    return prepare_smollm2_once(tmp_path_factory)

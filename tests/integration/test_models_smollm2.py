@@ -7,22 +7,9 @@ import pytest
 
 from llm_auction.models.adllm import SamplingConfig, make_backend
 
-from models_fixtures import make_queries
+from models_fixtures import make_queries, smollm2_dir  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory):
-    from llm_auction.models.smollm2 import prepare_smollm2
-
-    out = tmp_path_factory.mktemp("smol") / "smollm2"
-    try:
-        info = prepare_smollm2(out)
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    assert info["skipped"] is False and info["parameters"] > 130_000_000
-    return out
 
 
 def test_prepared_folder_is_a_plain_fp32_model_with_chatml_and_im_end(smollm2_dir):
@@ -31,6 +18,7 @@ def test_prepared_folder_is_a_plain_fp32_model_with_chatml_and_im_end(smollm2_di
     from llm_auction.models.smollm2 import prepare_smollm2
 
     cfg = json.loads((smollm2_dir / "config.json").read_text())
+    assert json.loads((smollm2_dir / "llm_auction_prepared.json").read_text())["parameters"] > 130_000_000
     assert "quantization_config" not in cfg and cfg["dtype"] == "float32"
     tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 and "<|im_start|>" in tok.chat_template
