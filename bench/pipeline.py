@@ -106,7 +106,7 @@ def _build(name: str, s: Settings, producer):
         from llm_auction.models.encoder import TextEncoder
         from llm_auction.models.user_sim import make_user_simulator
 
-        return build.clicker_service(s, s.kafka_bootstrap, producer, make_user_simulator("embedding", seed=3, encoder=TextEncoder()))
+        return build.user_sim_service(s, s.kafka_bootstrap, producer, make_user_simulator("embedding", seed=3, encoder=TextEncoder()))
     from llm_auction.infra.clickhouse import get_client
     from llm_auction.infra.ddl import migrate
 

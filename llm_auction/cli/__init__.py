@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from llm_auction.infra.errors import InfraError
     from llm_auction.logs import setup_logging
+    from llm_auction.models.adllm import BackendUnavailable
     from llm_auction.schemas import SchemaError
     from llm_auction.schemas.settings import get_settings
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
         setup_logging(settings.log_level, settings.log_format)
         return int(args.handler(args) or 0)
-    except (CliError, InfraError, SchemaError, FileNotFoundError, ValueError) as e:
+    except (CliError, InfraError, SchemaError, BackendUnavailable, FileNotFoundError, ValueError) as e:
         print(f"llm-auction: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

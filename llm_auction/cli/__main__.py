@@ -2,4 +2,6 @@ import sys
 
 from llm_auction.cli import main
 
-sys.exit(main())
+# The guard is required: vLLM starts its engine core by spawn, which re-imports this module.
+if __name__ == "__main__":
+    sys.exit(main())

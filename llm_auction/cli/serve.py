@@ -99,15 +99,17 @@ def _serve(args) -> int:
     install_signal_handlers(stop)
     producer = make_producer(s, bootstrap)
     name = args.service_name
+    backend = None
     if name == "responder":
         from llm_auction.models.encoder import TextEncoder
 
         encoder = TextEncoder() if s.candidates_k else None
-        svc = build.responder_service(s, bootstrap, producer, build.open_backend(s), build.candidate_picker(s, encoder), stop)
+        backend = build.open_backend(s)
+        svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop)
     elif name == "user-sim":
         from llm_auction.models.user_sim import make_user_simulator
 
-        svc = build.clicker_service(s, bootstrap, producer, make_user_simulator(s.user_sim_backend, seed=s.seed), stop)
+        svc = build.user_sim_service(s, bootstrap, producer, make_user_simulator(s.user_sim_backend, seed=s.seed), stop)
     else:
         from llm_auction.infra.clickhouse import get_client
         from llm_auction.infra.ddl import migrate
@@ -115,13 +117,14 @@ def _serve(args) -> int:
         client = get_client(s.resolved_clickhouse_url())
         migrate(client)
         svc = build.sink_service(s, bootstrap, producer, client, stop)
-    svc.config.fault_timeout_s = s.service_fault_timeout_s
     try:
         stats = svc.run(max_messages=args.max_messages, idle_timeout_s=args.idle_exit)
     except (DeliveryError, OutageError) as e:  # one line; the batch is uncommitted, so a restart replays it
         raise CliError(str(e)) from None
     finally:
         producer.close()
+        if backend is not None:
+            backend.close()  # vLLM: stops the engine's processes
     print(json.dumps({"service": name, **dict(stats)}))
     return 0
 

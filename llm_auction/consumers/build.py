@@ -41,8 +41,16 @@ def open_backend(settings: Settings, model_path: Path | None = None):
     if not Path(path).exists():
         raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
     sampling = SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed)
+    engine = None
+    if settings.adllm_backend == "vllm":
+        from llm_auction.models.vllm_backend import VLLMEngineConfig
+
+        engine = VLLMEngineConfig(
+            kv_cache_gb=settings.vllm_kv_cache_gb, cpu_threads=settings.vllm_cpu_threads,
+            max_lora_rank=settings.vllm_max_lora_rank, max_loras=settings.vllm_max_loras,
+        )
     return make_backend(
-        settings.adllm_backend, path, sampling=sampling, batch_size=settings.adllm_batch_size,
+        settings.adllm_backend, path, sampling=sampling, engine=engine, batch_size=settings.adllm_batch_size,
         base_version=settings.policy_version, num_threads=settings.adllm_threads,
     )
 
@@ -59,6 +67,7 @@ def candidate_picker(settings: Settings, encoder=None):
 
 
 def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, producer, stop) -> StreamService:
+    cfg.fault_timeout_s = settings.service_fault_timeout_s
     consumer = make_consumer(settings, bootstrap, cfg.group_id, list(cfg.topics), max_poll_records=max(cfg.batch_size, 1))
     return StreamService(cfg, handler, consumer, producer, stop)
 
@@ -69,7 +78,7 @@ def responder_service(settings: Settings, bootstrap: str, producer, backend, pic
     return _service(settings, bootstrap, cfg, handler, producer, stop)
 
 
-def clicker_service(settings: Settings, bootstrap: str, producer, simulator, stop: threading.Event | None = None) -> StreamService:
+def user_sim_service(settings: Settings, bootstrap: str, producer, simulator, stop: threading.Event | None = None) -> StreamService:
     # No batch window: the click model is cheap per response and batches grow with load anyway
     # (what one poll returns); a window only delays responses at light load (see service.py).
     cfg = ServiceConfig("user-sim", "llma-user-sim", {RESPONSES: ResponseEvent}, batch_size=64, batch_max_wait_s=0.0)
@@ -89,7 +98,7 @@ def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator,
     stop = threading.Event()
     return LocalLoop(
         responder_service(settings, bootstrap, producer, backend, pick, stop),
-        clicker_service(settings, bootstrap, producer, simulator, stop),
+        user_sim_service(settings, bootstrap, producer, simulator, stop),
         sink_service(settings, bootstrap, producer, client, stop),
         stop,
     )

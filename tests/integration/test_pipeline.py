@@ -181,7 +181,7 @@ def test_sink_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_t
     stop = threading.Event()
     sim = make_user_simulator("embedding", seed=s.seed, encoder=text_encoder)
     responder = build.responder_service(s, kafka_bootstrap, producer, StoredAnswerBackend(), build.candidate_picker(s, text_encoder), stop)
-    user_sim = build.clicker_service(s, kafka_bootstrap, producer, sim, stop)
+    user_sim = build.user_sim_service(s, kafka_bootstrap, producer, sim, stop)
     run_in_threads([responder, user_sim])
     run = uuid.uuid4().hex[:8]
     n = replay(small_world, producer, ReplayConfig(split="test", limit=40, run_id=run, seed=5), progress=False)
