@@ -33,7 +33,6 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_auction.infra.artifacts import folder_sha256, sha256_file  # one hash for writer and reader (consumers verify)
 from llm_auction.logs import log_event
 from llm_auction.schemas import PctrVersion, PolicyVersion
 
@@ -61,26 +61,6 @@ DEFAULT_MAIN = {"pctr": "model.onnx"}
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def folder_sha256(file_sha256: Mapping[str, str]) -> str:
-    """One sha256 over a set of files: each ``name\\0sha256\\n`` line, sorted by name.
-
-    A rename, an added or removed file, or a changed byte changes it; the order files were
-    written in does not.
-    """
-    h = hashlib.sha256()
-    for name in sorted(file_sha256):
-        h.update(f"{name}\0{file_sha256[name]}\n".encode())
-    return h.hexdigest()
 
 
 def check_policy_files(src: Mapping[str, Path], policy_kind: str) -> None:
