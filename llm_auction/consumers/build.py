@@ -20,7 +20,8 @@ from llm_auction.infra.kafka import make_consumer
 
 from .user_sim import UserSimHandler
 from .local_loop import LocalLoop
-from .responder import PolicyState, ResponderHandler
+from .responder import ResponderHandler
+from .routing import PolicyRouter
 from .service import ServiceConfig, StreamService
 from .sink import SinkHandler
 
@@ -31,16 +32,14 @@ def default_model_path(settings: Settings) -> Path:
 
 def open_backend(settings: Settings, model_path: Path | None = None):
     """The Ad-LLM backend the settings ask for (``stored`` needs no model)."""
-    if settings.adllm_backend == "stored":
-        from llm_auction.models.stored_backend import StoredAnswerBackend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
 
-        return StoredAnswerBackend()
-    from llm_auction.models.adllm import SamplingConfig, make_backend
-
-    path = model_path or default_model_path(settings)
-    if not Path(path).exists():
-        raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
-    sampling = SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed)
+    path = None
+    if settings.adllm_backend != "stored":
+        path = model_path or default_model_path(settings)
+        if not Path(path).exists():
+            raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
     engine = None
     if settings.adllm_backend == "vllm":
         from llm_auction.models.vllm_backend import VLLMEngineConfig
@@ -50,7 +49,8 @@ def open_backend(settings: Settings, model_path: Path | None = None):
             max_lora_rank=settings.vllm_max_lora_rank, max_loras=settings.vllm_max_loras,
         )
     return make_backend(
-        settings.adllm_backend, path, sampling=sampling, engine=engine, batch_size=settings.adllm_batch_size,
+        settings.adllm_backend, path, engine=engine, batch_size=settings.adllm_batch_size,
+        sampling=SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed),
         base_version=settings.policy_version, num_threads=settings.adllm_threads,
     )
 
@@ -72,8 +72,11 @@ def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, pr
     return StreamService(cfg, handler, consumer, producer, stop)
 
 
-def responder_service(settings: Settings, bootstrap: str, producer, backend, pick=None, stop: threading.Event | None = None, policy: PolicyState | None = None) -> StreamService:
-    handler = ResponderHandler(backend, load_catalog(), policy or PolicyState(settings.policy_version), pick)
+def responder_service(settings: Settings, bootstrap: str, producer, backend, pick=None, stop: threading.Event | None = None, policy: PolicyRouter | None = None, control=None) -> StreamService:
+    """The responder; ``control`` (a :class:`~llm_auction.consumers.control.ControlFollower`) makes it
+    follow the policy-version and rollout topics, else it serves ``policy`` (default: LLMA_POLICY_VERSION)."""
+    router = control.router if control is not None else (policy or PolicyRouter(settings.policy_version))
+    handler = ResponderHandler(backend, load_catalog(), router, pick, control)
     cfg = ServiceConfig("responder", "llma-responder", {QUERIES: QueryEvent}, batch_size=settings.adllm_batch_size, batch_max_wait_s=0.2)
     return _service(settings, bootstrap, cfg, handler, producer, stop)
 

@@ -3,7 +3,10 @@
 For every query it picks the candidates to show (all, or the top K by relevance when a CPU model
 cannot take 100 ads in its prompt), asks the Ad-LLM backend for one answer per query in a batch,
 validates the answer's markers against the shown candidates (``llm_auction.auction``), and emits a
-``ResponseEvent`` tagged with the policy version that wrote it. A query naming an ad the catalog
+``ResponseEvent`` tagged with the policy version that wrote it. The version is chosen per query by
+the router (``routing.PolicyRouter``: stable hash of the user id into the rollout's shares), so one
+batch may mix versions; the control follower (``control.ControlFollower``), when given, loads
+announced versions and applies rollouts before each batch. A query naming an ad the catalog
 does not have, or with a title that differs from the catalog's, is rejected to the dead-letter
 topic: the mechanism's exact-title rule needs the catalog to be the truth.
 
@@ -24,6 +27,7 @@ from llm_auction.schemas.candidates import catalog_ads
 from llm_auction.schemas.ids import DerivedIds
 from llm_auction.schemas.topics import RESPONSES
 
+from .routing import PolicyRouter
 from .service import Item, Outcome, Output
 
 _ID_TITLE = attrgetter("ad_id", "title")
@@ -41,18 +45,11 @@ def response_event_id(query_event_id: str, policy_version: str) -> str:
     return _RESPONSE_IDS(f"{query_event_id}/{policy_version}")
 
 
-class PolicyState:
-    """The policy version a responder serves now; rollouts swap it between batches."""
-
-    def __init__(self, version: str):
-        self.version = version
-
-    def set(self, version: str) -> None:
-        self.version = version
+PolicyState = PolicyRouter  # the former one-version state; PolicyRouter(v) serves v to everyone
 
 
 class ResponderHandler:
-    def __init__(self, backend, catalog: Sequence[Ad], policy: PolicyState, pick: CandidatePicker | None = None):
+    def __init__(self, backend, catalog: Sequence[Ad], policy: PolicyRouter, pick: CandidatePicker | None = None, control=None):
         self.backend = backend
         self.titles = {a.ad_id: a.title for a in catalog}
         self.pairs = frozenset(self.titles.items())
@@ -62,6 +59,7 @@ class ResponderHandler:
         self.trusts_package_catalog = self.titles == {a.ad_id: a.title for a in catalog_ads().values()}
         self.policy = policy
         self.pick = pick
+        self.control = control  # anything with apply_pending(): run between batches, in this thread
 
     def _check(self, q: QueryEvent) -> str | None:
         if q.candidates.catalog_only and self.trusts_package_catalog:
@@ -78,6 +76,8 @@ class ResponderHandler:
         return None
 
     def handle(self, items: Sequence[Item]) -> Outcome:
+        if self.control is not None:
+            self.control.apply_pending()  # loads and routing changes land between batches, never inside one
         out = Outcome()
         good: list[Item] = []
         for it in items:
@@ -94,11 +94,11 @@ class ResponderHandler:
             prompts = [q.model_copy(update={"candidates": s}) for q, s in zip(queries, shown)]
         else:
             shown, prompts = [q.candidates for q in queries], queries
-        version = self.policy.version
+        versions = [self.policy.version_for(q.user.user_id) for q in queries]
         t0 = time.perf_counter()
-        texts = self.backend.generate(prompts, version, n=1)
+        texts = self.backend.generate(prompts, versions, n=1)
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        for q, s, samples in zip(queries, shown, texts):
+        for q, s, samples, version in zip(queries, shown, texts, versions):
             text = samples[0]
             alloc = allocate(text, s)
             resp = ResponseEvent.for_query(

@@ -3,7 +3,8 @@
 from collections import namedtuple
 
 from llm_auction.auction import allocate
-from llm_auction.consumers.responder import PolicyState, ResponderHandler
+from llm_auction.consumers.responder import ResponderHandler
+from llm_auction.consumers.routing import PolicyRouter
 from llm_auction.consumers.service import Item
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
@@ -20,8 +21,15 @@ def query(qid="q1", **over):
     return QueryEvent(query_id=qid, user=UserProfile(user_id="u1", info="x", interests=["tea"]), query="tea?", candidates=cands, **over)
 
 
+def backend(*versions):
+    b = StoredAnswerBackend()
+    for v in versions:
+        b.load_policy(v, "unused")
+    return b
+
+
 def handle(events, version="v7", pick=None):
-    h = ResponderHandler(StoredAnswerBackend(), load_catalog(), PolicyState(version), pick)
+    h = ResponderHandler(backend(version), load_catalog(), PolicyRouter(version), pick)
     return h.handle([Item(Rec("auction.queries", 0, i, b"k", b""), e) for i, e in enumerate(events)])
 
 
@@ -63,11 +71,11 @@ def test_catalog_candidates_are_trusted_only_against_the_package_catalog():
     q = query()
     assert q.candidates.catalog_only  # both are catalog ads as is: they travel and are held as columns
     retitled = [a.model_copy(update={"title": "Progesterone Tea (new label)"}) if a.ad_id == "Ad-2489" else a for a in load_catalog()]
-    h = ResponderHandler(StoredAnswerBackend(), retitled, PolicyState("v1"))
+    h = ResponderHandler(StoredAnswerBackend(), retitled, PolicyRouter("v1"))
     assert not h.trusts_package_catalog  # another catalog: every candidate is checked against it
     out = h.handle([Item(Rec("auction.queries", 0, 0, b"k", b""), q)])
     assert not out.outputs and "differs from the catalog" in out.rejected[0][1]
-    assert ResponderHandler(StoredAnswerBackend(), load_catalog(), PolicyState("v1")).trusts_package_catalog
+    assert ResponderHandler(StoredAnswerBackend(), load_catalog(), PolicyRouter("v1")).trusts_package_catalog
 
 
 def test_allocation_reads_titles_from_the_candidate_columns():
@@ -87,3 +95,18 @@ def test_response_id_is_the_uuid5_of_query_id_and_policy_version():
     ns = uuid.UUID("2b0c8a52-3f43-4a57-8f1e-8d3c5a9e6b20")  # fixed: changing it would change every response id
     for qid, version in [("q-1", "v1"), ("réponse ü", "base"), *((f"{i:032x}", "v9") for i in range(500))]:
         assert response_event_id(qid, version) == str(uuid.uuid5(ns, f"{qid}/{version}"))
+
+
+def test_each_query_is_answered_by_the_version_its_user_is_routed_to():
+    from llm_auction.consumers.routing import bucket
+
+    router = PolicyRouter("v1", "v2", 0.5, salt="s")
+    b = backend("v1", "v2")
+    asked = []
+    gen = b.generate
+    b.generate = lambda qs, versions, n=1: asked.append(list(versions)) or gen(qs, versions, n)
+    qs = [query(f"q{i}").model_copy(update={"user": UserProfile(user_id=f"u{i}", info="x", interests=["tea"])}) for i in range(40)]
+    out = ResponderHandler(b, load_catalog(), router).handle([Item(Rec("auction.queries", 0, i, b"k", b""), q) for i, q in enumerate(qs)])
+    want = ["v2" if bucket("s", f"u{i}") < 5000 else "v1" for i in range(40)]
+    assert asked == [want] and [o.event.policy_version for o in out.outputs] == want and {"v1", "v2"} == set(want)
+    assert len({o.event.event_id for o in out.outputs}) == 40
