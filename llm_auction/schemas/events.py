@@ -17,12 +17,13 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from .ads import AdId, AdIdList, Ad, Bid, CandidateAd, NonEmpty, _Model
 from .candidates import Candidates
 
-__all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "DeadLetter"]
+__all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "ArmEvidence", "DeadLetter"]
 
 # 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid];
 # 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py), and a
-#    response its shown ad ids as one string (schemas/ads.py AdIdList).
-SCHEMA_VERSION = 4
+#    response its shown ad ids as one string (schemas/ads.py AdIdList);
+# 5: a rollout event states the routing it decides (stable, candidate, share, state) and its evidence.
+SCHEMA_VERSION = 5
 
 
 def _now() -> datetime:
@@ -186,13 +187,89 @@ class PctrVersion(Event):
     n_train: int = Field(ge=0, default=0)
 
 
-class RolloutEvent(Event):
-    """An operator or trainer decision about which policy version responders serve."""
+class ArmEvidence(_Model):
+    """What one arm (policy version) of a rollout had earned when the decision was made."""
 
-    action: Literal["promote", "rollback", "pin"]
-    policy_version: NonEmpty
-    previous_version: str | None = None
+    queries: int = Field(ge=0, default=0)
+    revenue_per_query: float | None = None
+    reward_per_query: float | None = None
+    format_error_rate: float | None = None
+
+
+RolloutState = Literal["canary", "promoted", "rolled_back", "paused"]
+_ROLLOUT_IDS = "7d3f9b1e-5a0c-4c55-9d0e-2f6b8a41c3d7"
+
+
+class RolloutEvent(Event):
+    """A decision about which policy versions responders serve, and to whom.
+
+    After it, a responder serves ``candidate_version`` to the users whose stable hash (salted
+    with ``salt``) falls below ``candidate_share`` and ``stable_version`` to everyone else
+    (``consumers/routing.py``). ``state``: ``canary`` (the candidate serves its share),
+    ``promoted`` (the candidate became ``stable_version``; share 0, no candidate), ``rolled_back``
+    (share 0, the candidate is out), ``paused`` (the shares stay as they are, the controller
+    stops deciding). ``evidence`` holds each arm's queries and metrics at ``decided_at``, keyed
+    by version; ``test`` the sequential test's statistics (``consumers/sequential.py``).
+
+    Identity: :meth:`decision_id` derives ``event_id`` from the decision, so a restarted
+    controller that decides again sends the same id, which readers and the warehouse keep once.
+
+    Older form (schema version <= 4: ``action`` promote/rollback/pin, ``policy_version``,
+    ``previous_version``) is still read: ``promote``/``pin`` X -> stable X, ``promoted``;
+    ``rollback`` to X from Y -> stable X, candidate Y, share 0, ``rolled_back``.
+    """
+
+    stable_version: NonEmpty
+    candidate_version: str | None = None
+    candidate_share: float = Field(0.0, ge=0.0, le=1.0)
+    state: RolloutState
+    salt: str = ""
     reason: str = ""
+    decided_at: datetime = Field(default_factory=_now)
+    decided_by: str = ""
+    evidence: dict[str, ArmEvidence] = Field(default_factory=dict)
+    test: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_form(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "action" not in data or "state" in data:
+            return data
+        d = {k: v for k, v in data.items() if k not in ("action", "policy_version", "previous_version")}
+        action, version = data.get("action"), data.get("policy_version")
+        d["stable_version"] = version
+        if action == "rollback":
+            d.update(state="rolled_back", candidate_version=data.get("previous_version"), candidate_share=0.0)
+        elif action in ("promote", "pin"):
+            d.update(state="promoted", candidate_share=0.0)
+        else:
+            d["state"] = action  # refused by the state field with a readable message
+        d.setdefault("decided_at", data.get("ts") or _now())
+        return d
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RolloutEvent":
+        if self.candidate_share > 0 and not self.candidate_version:
+            raise ValueError("candidate_share: a positive share needs a candidate_version")
+        if self.candidate_version and self.candidate_version == self.stable_version:
+            raise ValueError("candidate_version: equals stable_version")
+        return self
+
+    @field_validator("decided_at")
+    @classmethod
+    def _decided_utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+    @property
+    def routing_salt(self) -> str:
+        """The salt users are hashed with: ``salt``, else the candidate version (one per rollout)."""
+        return self.salt or (self.candidate_version or "")
+
+    @staticmethod
+    def decision_id(stable: str, candidate: str | None, state: str, share: float, nonce: str = "") -> str:
+        """uuid5 of the decision: the same decision gives the same id (a restarted controller
+        repeats no decision); a person's command passes a ``nonce`` so each command is its own."""
+        return str(uuid.uuid5(uuid.UUID(_ROLLOUT_IDS), f"{stable}/{candidate or ''}/{state}/{share:.6f}/{nonce}"))
 
 
 class DeadLetter(Event):

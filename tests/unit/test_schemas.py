@@ -11,6 +11,7 @@ from llm_auction.schemas import (
     Candidates,
     ClickEvent,
     QueryEvent,
+    SCHEMA_VERSION,
     ResponseEvent,
     SchemaError,
     UserProfile,
@@ -38,7 +39,7 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == 4
+    assert back == q and back.event_id == q.event_id and back.schema_version == SCHEMA_VERSION == 5
     assert back.bids() == {"Ad-4820": 42}
 
 
@@ -255,3 +256,32 @@ def test_published_json_schemas_accept_every_wire_form_and_reject_what_decoding_
             decode(json.dumps(doc), QueryEvent)
     bad_shown = {**json.loads(encode(r)), "shown_ad_ids": "Ad-4820  Ad-3356"}
     assert list(Draft202012Validator(ResponseEvent.model_json_schema()).iter_errors(bad_shown))
+
+
+def test_rollout_event_states_the_decision_and_reads_the_older_form():
+    from jsonschema import Draft202012Validator
+
+    from llm_auction.schemas import RolloutEvent
+    from llm_auction.schemas.events import ArmEvidence
+
+    eid = RolloutEvent.decision_id("base", "policy-0001", "canary", 0.1)
+    e = RolloutEvent(
+        event_id=eid, stable_version="base", candidate_version="policy-0001", candidate_share=0.1, state="canary",
+        reason="announced", evidence={"base": ArmEvidence(queries=10, revenue_per_query=3.5, reward_per_query=-1.0, format_error_rate=0.1)},
+        test={"p_value": 0.4},
+    )
+    assert decode(encode(e), RolloutEvent) == e and e.routing_salt == "policy-0001" and e.schema_version == SCHEMA_VERSION
+    assert eid == RolloutEvent.decision_id("base", "policy-0001", "canary", 0.1) != RolloutEvent.decision_id("base", "policy-0001", "canary", 0.2)
+    assert RolloutEvent.decision_id("base", "policy-0001", "canary", 0.1, nonce="x") != eid
+    assert not list(Draft202012Validator(RolloutEvent.model_json_schema()).iter_errors(json.loads(encode(e))))
+    # schema version 4: action / policy_version / previous_version
+    old = decode(json.dumps({"event_id": "e1", "schema_version": 4, "ts": "2026-01-01T00:00:00Z", "action": "rollback", "policy_version": "base", "previous_version": "policy-0002", "reason": "worse"}), RolloutEvent)
+    assert (old.stable_version, old.candidate_version, old.candidate_share, old.state, old.reason) == ("base", "policy-0002", 0.0, "rolled_back", "worse")
+    assert old.decided_at == old.ts
+    pro = decode(json.dumps({"schema_version": 4, "action": "promote", "policy_version": "policy-0002"}), RolloutEvent)
+    assert (pro.stable_version, pro.candidate_version, pro.state) == ("policy-0002", None, "promoted")
+    for bad in ({"stable_version": "a", "state": "canary", "candidate_share": 0.2}, {"stable_version": "a", "candidate_version": "a", "state": "canary"},
+                {"stable_version": "a", "state": "done"}, {"schema_version": 4, "action": "explode", "policy_version": "a"},
+                {"stable_version": "a", "candidate_version": "b", "state": "canary", "candidate_share": 1.5}):
+        with pytest.raises(SchemaError):
+            decode(json.dumps(bad), RolloutEvent)
