@@ -32,7 +32,8 @@ def main() -> int:
     ap.add_argument("--var", type=Path, default=Path("var"))
     args = ap.parse_args()
 
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
     from llm_auction.models.encoder import TextEncoder
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.models.user_sim import make_user_simulator

@@ -357,7 +357,8 @@ def _stored_counts(data_dir: Path) -> dict:
 
 
 def generation(tmp: Path, world_root: Path, skip_smollm2: bool, data_dir: Path) -> dict:
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
     from llm_auction.models.encoder import TextEncoder
     from llm_auction.models.retrieval import top_k_candidates
     from llm_auction.models.tiny import build_tiny

@@ -64,7 +64,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adllm(tiny_model_dir):
     """A transformers-backend Ad-LLM over the tiny model, one CPU thread (fastest on a shared box)."""
-    from llm_auction.models.adllm import make_backend
+    from llm_auction.models.backends import make_backend
 
     return make_backend("transformers", tiny_model_dir, num_threads=1)
 

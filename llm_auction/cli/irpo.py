@@ -114,7 +114,8 @@ def _announcer(registry, bootstrap: str | None):
 def _run_epoch(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.cli.pctr import load_encoder
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.producers.world import World
     from llm_auction.schemas.settings import get_settings

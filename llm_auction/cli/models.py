@@ -137,7 +137,8 @@ def _generate(args) -> int:
 
     from llm_auction.auction import allocate
     from llm_auction.cli import CliError
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
 
     if args.n < 1:
         raise CliError("-n must be at least 1")

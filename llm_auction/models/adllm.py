@@ -10,6 +10,9 @@ Policies are versions of the weights: the base model the backend was opened with
 ``base_version``), full fine-tuned folders, or LoRA adapters over the base. ``load_policy``
 registers a version; ``generate(..., policy_version=...)`` serves any registered one, or one
 version per query (a canary rollout mixes versions in one batch).
+
+The backends import this module; the factory that imports the backends is
+:mod:`llm_auction.models.backends`, so the dependency points one way.
 """
 
 from __future__ import annotations
@@ -71,19 +74,21 @@ class SamplingConfig:
 class AdLLMConfig:
     """Settings shared by every backend (TRL-style: one config object, one class per backend).
 
-    - ``model_path``: local folder of the base model (no hub access at run time).
+    - ``model_path``: local folder of the base model (no hub access at run time; None only for
+      the stored-answer backend, which has no model).
     - ``base_version``: the policy version name under which the base model is served.
     - ``demonstration``: add the rotated one-shot exchange (needed for small models to insert).
     - ``batch_size``: prompts per forward batch (each expanded ``n`` times when sampling).
     - ``max_loaded_policies``: fine-tuned versions kept in memory at once (the base is pinned).
-    - ``device`` / ``dtype``: ``auto`` picks CUDA + bfloat16 when present, else CPU + float32.
+    - ``device`` / ``dtype``: ``auto`` picks CUDA + bfloat16 when present, else CPU + float32
+      (transformers); vLLM takes the device from its build and bfloat16 on a CPU that has it.
     - ``num_threads``: torch CPU threads while generating (None: leave torch's setting). On a
       shared 2-core machine 1 thread was 5-30x faster for small models than 2 spinning ones.
     - ``prefix_cache``: for ``n > 1``, read each prompt once and sample ``n`` continuations from
       its repeated KV cache, instead of ``n`` copies of the prompt (transformers backend).
     """
 
-    model_path: str | Path
+    model_path: str | Path | None
     base_version: str = "base"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     demonstration: bool = True
@@ -95,7 +100,7 @@ class AdLLMConfig:
     prefix_cache: bool = True
 
     def __post_init__(self) -> None:
-        self.model_path = Path(self.model_path)
+        self.model_path = None if self.model_path is None else Path(self.model_path)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_loaded_policies < 1:
@@ -159,34 +164,3 @@ def check_policy_args(version: str, uri: str | Path, kind: str) -> Path:
     if not (path / marker).exists():
         raise FileNotFoundError(f"load_policy {version}: {path} has no {marker} (is it a {kind} policy?)")
     return path
-
-
-def make_backend(
-    name: Literal["transformers", "vllm"],
-    model_path: str | Path,
-    *,
-    sampling: SamplingConfig | None = None,
-    select: CandidateSelector | None = None,
-    engine=None,
-    engine_kwargs: dict | None = None,
-    **config_kwargs,
-) -> AdLLM:
-    """Open a backend by name over a local model folder.
-
-    ``select`` narrows each query's candidates before prompting (for example
-    :class:`llm_auction.models.retrieval.RetrievalSelector`); by default every candidate is listed.
-    ``engine`` (:class:`~llm_auction.models.vllm_backend.VLLMEngineConfig`) and ``engine_kwargs`` (passed
-    to ``vllm.LLM``) are for the vllm backend only; ``config_kwargs`` go to :class:`AdLLMConfig`.
-    """
-    config = AdLLMConfig(model_path=model_path, sampling=sampling or SamplingConfig(), **config_kwargs)
-    if name == "transformers":
-        if engine_kwargs or engine is not None:
-            raise ValueError("engine settings and engine_kwargs are for the vllm backend only")
-        from .hf_backend import TransformersAdLLM
-
-        return TransformersAdLLM(config, select=select)
-    if name == "vllm":
-        from .vllm_backend import VLLMAdLLM
-
-        return VLLMAdLLM(config, select=select, engine=engine, **(engine_kwargs or {}))
-    raise ValueError(f"unknown Ad-LLM backend {name!r} (choose 'transformers' or 'vllm')")

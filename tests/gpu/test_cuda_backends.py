@@ -23,7 +23,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_auction.models.adllm import BackendUnavailable, SamplingConfig, make_backend
+from llm_auction.models.adllm import BackendUnavailable, SamplingConfig
+from llm_auction.models.backends import make_backend
 from llm_auction.models.hf_backend import TransformersAdLLM
 
 from models_fixtures import make_queries, tiny_model_dir  # noqa: F401  (session fixture)

@@ -1,11 +1,13 @@
 """One IRPO epoch on the tiny model, end to end with real parts: the tiny GPT-2 sampling through the
-transformers backend, the user simulator's exact click probabilities as the reward (--oracle), TRL DPO on a LoRA
-adapter, the file registry, the broker (announcement) and ClickHouse (the online data window).
+transformers backend with the responder's candidate narrowing (top K=8), the user simulator's exact
+click probabilities as the reward (--oracle), TRL DPO on a LoRA adapter, the file registry, the
+broker (announcement) and ClickHouse (the online data window); and a kill during DPO.
 
 Checks the issue's "done when": the audit files satisfy the pairing rule (recomputed here), the
 first DPO step's loss is ln 2 (policy == reference), the version is in the registry with a valid
-manifest and announced exactly once, and the new policy's mean reward on fresh answers to
-held-out queries beats the starting policy's by more than the bootstrap noise (fixed seeds).
+manifest and announced exactly once, the new policy's mean reward on fresh answers to held-out
+queries beats the starting policy's by more than the bootstrap noise (fixed seeds), and a SIGKILL
+during DPO leaves the registry as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 def test_one_epoch_on_the_tiny_model(tiny_model_dir, small_world, text_encoder, tmp_path, kafka_settings, kafka_bootstrap, fresh_topic, fresh_group, clickhouse_client):
     from llm_auction.infra.kafka import make_consumer, make_producer
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
     from llm_auction.models.user_sim import make_user_simulator
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.schemas import PolicyVersion, decode
@@ -33,16 +36,23 @@ def test_one_epoch_on_the_tiny_model(tiny_model_dir, small_world, text_encoder, 
     from llm_auction.trainer.registry import MANIFEST, ModelRegistry, folder_sha256, sha256_file
 
     root = tmp_path / "registry"
-    # The tiny model reads only the end of its prompt (never the candidate list) and names catalog
-    # ads from memory, so all candidates are shown; with K=8 nearly every marker is a format error.
-    cfg = IRPOConfig(queries=48, candidates_k=None, max_new_tokens=96, learning_rate=5e-3, num_epochs=6, batch_size=4, pairing="worst", oracle=True, threads=2)
+    # What the tiny model can learn: it reads only the last ~48 prompt tokens (the question), never
+    # the candidate list, and names catalog ads from memory. With the responder's K=8 candidates
+    # about 95% of its answers name an ad that is not shown: a format error, -500 in Eq. 8. The
+    # winner of a query is an answer without a bad marker, so DPO learns to insert less and to keep
+    # off bad markers, and the held-out reward (same narrowing) rises by hundreds. Measured with this
+    # config (docs/irpo.md), held-out diff and 95% CI: seed 0 +428 (397..456), seed 1 +338
+    # (297..375), seed 2 +344 (301..382); "all" pairs (the paper's rule) give ~65 pairs of 48
+    # queries where "worst" gives ~17, too few to move the policy ("worst", lr 5e-3, seed 0: +3, CI -25..31).
+    cfg = IRPOConfig(queries=48, candidates_k=8, max_new_tokens=96, learning_rate=1e-2, num_epochs=3, batch_size=4, pairing="all", oracle=True, threads=2)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=0)
     backend = make_backend("transformers", tiny_model_dir, sampling=sampling, num_threads=1)
     # The oracle reward (the paper's LLM-Auction (Oracle)): the simulator's exact click probabilities.
-    # With a pCTR fitted on synthetic clicks the tiny model's one epoch did not move the held-out
-    # reward beyond noise (measured: -7.0, 95% CI -20.6..1.0); the pCTR scorer's batching is
-    # covered by tests/unit/test_irpo.py and the CLI's --pctr path.
+    # The learnable signal here is Eq. 8's penalties (format error, ad count), which do not depend
+    # on the click model, and the oracle needs no pCTR training in the test; the pCTR scorer's
+    # batching is covered by tests/unit/test_irpo.py and the CLI's --pctr path.
     pctr = irpo.oracle_pctr(make_user_simulator("embedding", seed=7, encoder=text_encoder))
+    pick = candidate_picker(cfg.candidates_k, text_encoder)
     registry = ModelRegistry(root, "policy")
     topic = fresh_topic("policy-versions", partitions=1)
     producer = make_producer(kafka_settings, kafka_bootstrap)
@@ -51,7 +61,7 @@ def test_one_epoch_on_the_tiny_model(tiny_model_dir, small_world, text_encoder, 
     t0 = time.perf_counter()
     res = irpo.run_epoch(
         cfg, world=small_world, backend=backend, base_model=tiny_model_dir, registry=registry, pctr=pctr, pctr_version="oracle",
-        pick=candidate_picker(cfg.candidates_k, text_encoder), announcer=lambda m: irpo.announce(registry, m, producer, topic),
+        pick=pick, announcer=lambda m: irpo.announce(registry, m, producer, topic),
         data_window_extra={"online": window},
     )
     epoch_s = time.perf_counter() - t0
@@ -106,15 +116,113 @@ def test_one_epoch_on_the_tiny_model(tiny_model_dir, small_world, text_encoder, 
 
     # the backend loads the announced URI; fresh answers to held-out queries earn more
     backend.load_policy(ev.version, ev.uri, kind="lora")
-    test = [small_world.event(r) for r in small_world.records("test")]
+    test = irpo.narrow([small_world.event(r) for r in small_world.records("test")], pick)  # as the responder shows them
     before = irpo.evaluate_policy(backend, test, "base", pctr, m=4)
     after = irpo.evaluate_policy(backend, test, ev.version, pctr, m=4)
     diff = after.groupby("query_id")["reward"].mean() - before.groupby("query_id")["reward"].mean()
     mean, low, high = irpo.bootstrap_mean_ci(diff.to_numpy(), seed=0)
     print(f"\nirpo epoch {epoch_s:.1f}s stages={ {k: round(v, 1) for k, v in res.stage_s.items()} } pairs={len(pairs)} "
-          f"held-out reward {before.reward.mean():.2f} -> {after.reward.mean():.2f} (diff {mean:.2f}, 95% CI {low:.2f}..{high:.2f})")
-    if low <= 0:
-        # Not met yet (issue 13): one epoch of the tiny model did not raise the held-out reward beyond
-        # noise in the settings tried (lr 5e-3..1e-2, 3-6 DPO passes, pCTR and oracle rewards; see
-        # docs/irpo.md). Every other check above passed when this line is reached.
-        pytest.xfail(f"held-out mean reward did not rise beyond bootstrap noise: diff {mean:.2f}, 95% CI {low:.2f}..{high:.2f}")
+          f"held-out reward {before.reward.mean():.2f} -> {after.reward.mean():.2f} (diff {mean:.2f}, 95% CI {low:.2f}..{high:.2f}), "
+          f"format errors {before.format_error.mean():.2f} -> {after.format_error.mean():.2f}")
+    # The paired bootstrap interval of the per-query difference lies far above 0 (measured lower
+    # bounds 297..397 on three seeds), and format errors drop.
+    assert low > 100, f"held-out mean reward did not rise clearly: diff {mean:.2f}, 95% CI {low:.2f}..{high:.2f}"
+    assert after.format_error.mean() < before.format_error.mean() - 0.3
+
+KILL_SCRIPT = '''
+import sys
+from pathlib import Path
+
+
+def main():
+    tiny, world_dir, root = (Path(a) for a in sys.argv[1:4])
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
+    from llm_auction.models.encoder import TextEncoder
+    from llm_auction.models.retrieval import candidate_picker
+    from llm_auction.models.user_sim import make_user_simulator
+    from llm_auction.producers.world import World
+    from llm_auction.trainer import irpo
+    from llm_auction.trainer.irpo_config import IRPOConfig
+    from llm_auction.trainer.registry import ModelRegistry
+
+    # Many passes, so DPO is still running when the test kills the process.
+    cfg = IRPOConfig(queries=16, candidates_k=8, max_new_tokens=48, learning_rate=1e-3, num_epochs=200, batch_size=2, pairing="all", oracle=True, threads=1)
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=0)
+    backend = make_backend("transformers", tiny, sampling=sampling, num_threads=1)
+    enc = TextEncoder()
+    registry = ModelRegistry(root, "policy")
+    irpo.run_epoch(cfg, world=World(world_dir), backend=backend, base_model=tiny, registry=registry,
+                   pctr=irpo.oracle_pctr(make_user_simulator("embedding", seed=7, encoder=enc)), pctr_version="oracle",
+                   parent=registry.latest().version, pick=candidate_picker(cfg.candidates_k, enc))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_killing_the_epoch_during_dpo_leaves_the_registry_as_it_was(tiny_model_dir, small_world, tmp_path):
+    """SIGKILL an epoch (a child process) while TRL's DPO steps run: no version appears, the registry
+    lists what it listed before, and the dead epoch's work folder, never listed, is removed by the
+    next epoch's sweep (``irpo.remove_stale_work``) while a live epoch's folder is kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from llm_auction.trainer import irpo
+    from llm_auction.trainer.registry import ModelRegistry
+
+    root = tmp_path / "registry"
+    registry = ModelRegistry(root, "policy")
+    # A parent version to continue from: a zero LoRA over the tiny GPT-2 (policy == base).
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(str(adapter), safe_serialization=True)
+    (adapter / "README.md").unlink(missing_ok=True)
+    parent = registry.publish(adapter, metrics={"pairs": 0}, main="adapter_model.safetensors", extra={"policy_kind": "lora"})
+    before = [(m.version, m.sha256) for m in registry.list()]
+    dir_before = sorted(p.name for p in registry.dir.iterdir())
+
+    script = tmp_path / "epoch.py"
+    script.write_text(KILL_SCRIPT)
+    log_path = tmp_path / "epoch.log"
+    with log_path.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dir), str(small_world.root), str(root)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        # TRL logs every step ("'loss': ..."); two logged steps: DPO is under way.
+        while log_path.read_text(errors="replace").count("'loss'") < 2:
+            assert proc.poll() is None, f"the epoch ended before DPO ran:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "DPO did not start within 240 s"
+            time.sleep(0.2)
+        work = list(root.glob(irpo.WORK_PREFIX + "*"))
+        assert len(work) == 1 and (work[0] / irpo.WORK_LOCK).exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # the registry is as it was: the same versions, no version folder, no staging folder
+    assert [(m.version, m.sha256) for m in ModelRegistry(root, "policy").list()] == before == [(parent.version, parent.sha256)]
+    assert sorted(p.name for p in registry.dir.iterdir()) == dir_before  # no version folder, no .tmp-* staging folder
+    # the dead epoch's work folder remains, outside <root>/policy, and is not a version
+    assert work[0].exists() and work[0].parent == root
+
+    # The next epoch sweeps it before making its own; a live epoch's folder (locked) is kept.
+    live = root / f"{irpo.WORK_PREFIX}live"
+    live.mkdir()
+    held = irpo._hold_work_lock(live)
+    try:
+        assert irpo.remove_stale_work(root) == [work[0]]
+        assert not work[0].exists() and live.exists()
+    finally:
+        held.close()
+    assert irpo.remove_stale_work(root) == [live]
+    assert [(m.version, m.sha256) for m in registry.list()] == before

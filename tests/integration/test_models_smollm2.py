@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from llm_auction.models.adllm import SamplingConfig, make_backend
+from llm_auction.models.adllm import SamplingConfig
+from llm_auction.models.backends import make_backend
 
 from models_fixtures import make_queries, smollm2_dir  # noqa: F401  (session fixture)
 

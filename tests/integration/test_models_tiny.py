@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from llm_auction.auction import allocate
-from llm_auction.models.adllm import SamplingConfig, UnknownPolicy, make_backend
+from llm_auction.models.adllm import SamplingConfig, UnknownPolicy
+from llm_auction.models.backends import make_backend
 from llm_auction.schemas import QueryEvent
 from llm_auction.schemas.catalog import load_catalog
 

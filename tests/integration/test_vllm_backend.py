@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from llm_auction.models.adllm import SamplingConfig, UnknownPolicy, make_backend
+from llm_auction.models.adllm import SamplingConfig, UnknownPolicy
+from llm_auction.models.backends import make_backend
 
 from models_fixtures import make_queries, smollm2_dir  # noqa: F401  (session fixture)
 
@@ -98,7 +99,8 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     import psutil
-    from llm_auction.models.adllm import SamplingConfig, make_backend
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import make_backend
     from llm_auction.models.vllm_backend import VLLMEngineConfig
 
     if __name__ == "__main__":

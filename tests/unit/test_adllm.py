@@ -11,9 +11,9 @@ from llm_auction.models.adllm import (
     SamplingConfig,
     UnknownPolicy,
     check_policy_args,
-    make_backend,
     prompt_messages,
 )
+from llm_auction.models.backends import make_backend
 from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
 from llm_auction.schemas.catalog import load_catalog
 
@@ -87,3 +87,32 @@ def test_prompt_messages_apply_the_selector_and_the_demonstration():
     listed = [c.ad_id for c in q.candidates if f'"Ad ID": "{c.ad_id}"' in msgs[0]["content"]]
     assert listed == [ads[0].ad_id, ads[1].ad_id]
     assert len(prompt_messages(q, demonstration=False)) == 2
+
+
+def test_one_factory_opens_the_stored_backend_which_keeps_the_protocol():
+    from llm_auction.models.adllm import AdLLM
+
+    backend = make_backend("stored", base_version="v0")
+    assert isinstance(backend, AdLLM) and backend.versions == ["v0"]
+    queries = make_queries_for_stored()
+    with pytest.raises(ValueError, match="1 policy versions for 2 queries"):
+        backend.generate(queries, ["v0"])
+    backend.load_policy("v1", "/nowhere", kind="lora")
+    assert backend.versions == ["v0", "v1"]
+    answers = backend.generate(queries, ["v0", "v1"], n=2)
+    from llm_auction.auction import allocate
+
+    assert [len(a) for a in answers] == [2, 2]
+    for q, a in zip(queries, answers):  # the highest bid, with a correct marker
+        assert allocate(a[0], q.candidates).exposed == (q.candidates.highest_bid().ad_id,)
+    with pytest.raises(ValueError, match="needs a model folder"):
+        make_backend("vllm")
+
+
+def make_queries_for_stored():
+    ads = load_catalog()[:3]
+    user = UserProfile(user_id="u1", info="A reader.", interests=["books"])
+    return [
+        QueryEvent(query_id=f"q{i}", user=user, query="Any good reads?", candidates=[CandidateAd(**a.model_dump(), bid=10 + i + j) for j, a in enumerate(ads)])
+        for i in range(2)
+    ]
