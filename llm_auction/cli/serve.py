@@ -99,13 +99,14 @@ def _serve(args) -> int:
     install_signal_handlers(stop)
     producer = make_producer(s, bootstrap)
     name = args.service_name
-    backend = None
+    backend = control = None
     if name == "responder":
         from llm_auction.models.encoder import TextEncoder
 
         encoder = TextEncoder() if s.candidates_k else None
         backend = build.open_backend(s)
-        svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop)
+        control = build.responder_control(s, bootstrap, backend, producer).start()  # policy versions and rollouts (docs/rollout.md)
+        svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop, control=control)
     elif name == "user-sim":
         from llm_auction.models.user_sim import make_user_simulator
 
@@ -122,6 +123,8 @@ def _serve(args) -> int:
     except (DeliveryError, OutageError) as e:  # one line; the batch is uncommitted, so a restart replays it
         raise CliError(str(e)) from None
     finally:
+        if control is not None:
+            control.stop()
         producer.close()
         if backend is not None:
             backend.close()  # vLLM: stops the engine's processes

@@ -20,6 +20,7 @@ from llm_auction.infra.kafka import make_consumer
 
 from .user_sim import UserSimHandler
 from .local_loop import LocalLoop
+from .control import ControlFollower
 from .responder import ResponderHandler
 from .routing import PolicyRouter
 from .service import ServiceConfig, StreamService
@@ -79,6 +80,12 @@ def responder_service(settings: Settings, bootstrap: str, producer, backend, pic
     handler = ResponderHandler(backend, load_catalog(), router, pick, control)
     cfg = ServiceConfig("responder", "llma-responder", {QUERIES: QueryEvent}, batch_size=settings.adllm_batch_size, batch_max_wait_s=0.2)
     return _service(settings, bootstrap, cfg, handler, producer, stop)
+
+
+def responder_control(settings: Settings, bootstrap: str, backend, producer, **topics) -> ControlFollower:
+    """A (not yet started) follower of the policy-version and rollout topics for a responder over ``backend``,
+    routing from LLMA_POLICY_VERSION until a rollout says otherwise (docs/rollout.md)."""
+    return ControlFollower(settings, bootstrap, backend, PolicyRouter(settings.policy_version), producer, **topics)
 
 
 def user_sim_service(settings: Settings, bootstrap: str, producer, simulator, stop: threading.Event | None = None) -> StreamService:

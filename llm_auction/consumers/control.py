@@ -1,0 +1,199 @@
+"""A responder follows the control topics: policy versions to load, rollouts to route by.
+
+:class:`ControlFollower` runs one thread with its own kafka-python consumer, partitions assigned
+by hand (no group: every responder reads everything), that reads ``auction.policy-versions`` and
+``auction.rollout`` from the beginning at start (the local broker keeps no compacted topics, so
+the whole history is the state) and then follows them. The thread only reads, decodes and
+verifies; what changes the responder (loading weights into the backend, changing the routing)
+happens in the responder's own thread, in :meth:`ControlFollower.apply_pending`, which the
+responder calls before each batch. So a batch is routed by one state, and the backend is never
+asked to load while it generates.
+
+Policy versions. Before a version is loaded every file of its folder is checked against the
+manifest's sha256s and the folder hash against the announced ``sha256``
+(:func:`llm_auction.infra.artifacts.verify_folder`). A mismatch (or a load that fails) refuses
+the version: one warning log line and a ``DeadLetter`` on ``auction.dead-letter`` with the reason;
+the router does not change, so the current versions keep serving. A verified version is
+hot-loaded with ``backend.load_policy(version, uri, kind)``. A version is identified by name and
+hash: an event repeating both is a no-op.
+
+Rollouts. The latest rollout event is the desired routing. It applies as soon as every version it
+routes to (the stable one, and the candidate when its share is positive) is loaded. Until then
+the responder keeps the routing it has and the rollout **waits** (logged once): on a fresh start
+the rollout topic may be read before the version it names, and the version arrives moments
+later. A rollout that routes to a version that was refused is **refused** (logged, not
+dead-lettered: the event itself is sound) and the current routing stays; a later rollout
+replaces it either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from llm_auction.infra.artifacts import ArtifactMismatch, verify_folder
+from llm_auction.logs import log_event
+from llm_auction.schemas import DeadLetter, PolicyVersion, RolloutEvent, SchemaError, decode, encode
+from llm_auction.schemas.topics import DEAD_LETTER, POLICY_VERSIONS, ROLLOUT
+
+from .routing import PolicyRouter, Routing
+
+log = logging.getLogger(__name__)
+
+
+class ControlFollower:
+    """Reads the control topics in a thread; :meth:`apply_pending` applies them in the caller's."""
+
+    def __init__(
+        self, settings, bootstrap: str, backend, router: PolicyRouter, producer=None, *,
+        policy_topic: str = POLICY_VERSIONS, rollout_topic: str = ROLLOUT, dead_letter_topic: str = DEAD_LETTER,
+        name: str = "responder", poll_timeout_ms: int = 200,
+    ):
+        self.settings, self.bootstrap = settings, bootstrap
+        self.backend, self.router, self.producer = backend, router, producer
+        self.topics = {policy_topic: PolicyVersion, rollout_topic: RolloutEvent}
+        self.dead_letter_topic, self.name, self.poll_timeout_ms = dead_letter_topic, name, poll_timeout_ms
+        self.loaded: dict[str, str | None] = {v: None for v in {router.stable, *getattr(backend, "versions", ())}}
+        self.refused: dict[str, str] = {}  # version -> reason
+        self.desired: RolloutEvent | None = None
+        self._waiting_logged: str | None = None
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._seen_versions: dict[str, str | None] = {}  # the follower thread's: version -> sha256 queued
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.caught_up = threading.Event()  # set once a poll found nothing more to read
+        self.error: BaseException | None = None
+
+    # -- the follower thread -------------------------------------------------------------------
+    def start(self) -> "ControlFollower":
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> "ControlFollower":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        from kafka import TopicPartition
+
+        from llm_auction.infra.kafka import make_consumer
+
+        try:
+            consumer = make_consumer(self.settings, self.bootstrap, None)
+            try:
+                parts = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or {0})]
+                consumer.assign(parts)
+                consumer.seek_to_beginning(*parts)
+                log_event(log, "following the control topics from the beginning", service=self.name, topics=list(self.topics))
+                while not self._stop.is_set():
+                    polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                    if not polled:
+                        self.caught_up.set()
+                    for tp in sorted(polled, key=lambda tp: (tp.topic != next(iter(self.topics)), tp.partition)):
+                        for rec in polled[tp]:
+                            self._read(rec)
+            finally:
+                consumer.close()
+        except BaseException as e:  # noqa: BLE001 - reported to the responder's thread, never lost
+            self.error = e
+            log_event(log, "control follower stopped by an error", logging.ERROR, service=self.name, error=f"{type(e).__name__}: {e}"[:500])
+
+    def _read(self, rec) -> None:
+        model = self.topics[rec.topic]
+        try:
+            event = decode(rec.value, model)
+        except SchemaError as e:
+            self._dead_letter(rec.topic, rec, str(e), getattr(rec, "value", b""))
+            return
+        if isinstance(event, RolloutEvent):
+            self._inbox.put(("rollout", event))
+            return
+        if self._seen_versions.get(event.version, "-") == event.sha256:
+            return  # the same version announced again (a retried announcement): nothing new
+        self._seen_versions[event.version] = event.sha256
+        try:
+            verify_folder(event.uri, event.sha256)
+        except ArtifactMismatch as e:
+            self._inbox.put(("refused", (event, f"policy version {event.version} refused: {e}")))
+            return
+        self._inbox.put(("verified", event))
+
+    # -- the responder's thread ----------------------------------------------------------------
+    def apply_pending(self) -> None:
+        """Load verified versions and apply the latest applicable rollout; call between batches."""
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "verified":
+                self._load(item)
+            elif kind == "refused":
+                event, reason = item
+                self._refuse(event, reason)
+            else:
+                self.desired = item
+                self._waiting_logged = None
+        self._route()
+
+    def _load(self, event: PolicyVersion) -> None:
+        try:
+            self.backend.load_policy(event.version, event.uri, kind=event.kind)
+        except Exception as e:  # noqa: BLE001 - a version that does not load is refused like a bad one
+            self._refuse(event, f"policy version {event.version} refused: load failed ({type(e).__name__}: {e})"[:2000])
+            return
+        self.loaded[event.version] = event.sha256
+        self.refused.pop(event.version, None)
+        log_event(log, "policy version verified and loaded", service=self.name, version=event.version, kind=event.kind, sha256=event.sha256)
+
+    def _refuse(self, event: PolicyVersion, reason: str) -> None:
+        self.refused[event.version] = reason
+        log_event(log, "policy version refused; the current versions keep serving", logging.WARNING, service=self.name, version=event.version, reason=reason[:500])
+        self._dead_letter(next(iter(self.topics)), None, reason, encode(event), key=event.version)
+
+    def _route(self) -> None:
+        event = self.desired
+        if event is None:
+            return
+        want: Routing = PolicyRouter.routing_of(event)
+        if want == self.router.state:
+            return
+        missing = sorted(v for v in want.serving() if v not in self.loaded)
+        if not missing:
+            self.router.state = want
+            log_event(log, "routing changed", service=self.name, stable=want.stable, candidate=want.candidate, share=want.share, state=event.state, event_id=event.event_id)
+            return
+        refused = [v for v in missing if v in self.refused]
+        note = ("refused", refused) if refused else ("waiting", missing)
+        if self._waiting_logged != f"{event.event_id}/{note}":
+            self._waiting_logged = f"{event.event_id}/{note}"
+            if refused:
+                log_event(log, "rollout refused: it routes to a refused version; the current routing stays", logging.WARNING, service=self.name, event_id=event.event_id, versions=refused)
+            else:
+                log_event(log, "rollout waits until its versions are loaded", service=self.name, event_id=event.event_id, versions=missing)
+
+    def _dead_letter(self, topic: str, rec, reason: str, payload: bytes, key: str | None = None) -> None:
+        if self.producer is None:
+            return
+        if rec is not None:
+            key = rec.key.decode("utf-8", "replace") if isinstance(rec.key, (bytes, bytearray)) else rec.key
+        dl = DeadLetter(
+            source_topic=topic, partition=getattr(rec, "partition", None), offset=getattr(rec, "offset", None), key=key,
+            payload=(payload.decode("utf-8", "replace") if isinstance(payload, (bytes, bytearray)) else str(payload))[:100_000],
+            error=reason[:2000], consumer=self.name,
+        )
+        self.producer.send(self.dead_letter_topic, key=(key or "").encode("utf-8"), value=encode(dl))
+        self.producer.flush(timeout=10)
+
+
+__all__ = ["ControlFollower"]
