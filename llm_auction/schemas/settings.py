@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     sink_batch_max_wait_s: float = Field(1.0, gt=0, description="Max seconds an event waits in the sink before its batch is inserted.")
     service_fault_timeout_s: float = Field(120.0, gt=0, le=280, description="Streaming services: seconds an infrastructure fault (ClickHouse or the broker unreachable, a timeout, memory exhausted, an unknown policy version) is retried, with backoff and nothing dead-lettered or committed past it, before the service stops (exit code 2; a restart replays the batch). At most 280: kafka-python's consumer leaves its group after 300 s without a poll.")
 
+    # -- rollout controller (docs/rollout.md) --
+    rollout_canary_share: float = Field(0.1, gt=0.0, lt=1.0, description="Rollout controller: share of users (by stable hash) an announced policy version is canaried to.")
+    rollout_min_queries: int = Field(200, ge=2, description="Rollout controller: queries each arm needs before any decision (the plug-in variance of the sequential test needs a few hundred).")
+    rollout_max_queries: int = Field(5000, ge=2, description="Rollout controller: queries in the candidate arm at which, without a significant result, the point estimate of reward per query decides (promote if higher, else roll back).")
+    rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Rollout controller: type-I error of the mSPRT on reward per query, valid however often it is checked.")
+    rollout_mixture_sd: float = Field(20.0, gt=0.0, description="Rollout controller: sd (reward units) of the mSPRT's normal mixture over the difference in reward per query; of the order of the effects worth detecting.")
+    rollout_max_format_error_increase: float = Field(0.05, ge=0.0, le=1.0, description="Rollout controller guardrail: a candidate whose format-error rate exceeds the stable version's by more than this (after the minimum queries) is rolled back.")
+    rollout_check_interval_s: float = Field(30.0, gt=0, description="Rollout controller: seconds between looks at the warehouse.")
+
     # -- pCTR reward model and model registry --
     registry_dir: Path | None = Field(None, description="Model registry root (`pctr/` and `policy/` versions). Unset: `<data_dir>/registry`.")
     pctr_min_auc: float = Field(0.55, ge=0.0, le=1.0, description="Holdout AUC a retrained pCTR model needs to be published as promoted.")

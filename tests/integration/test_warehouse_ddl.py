@@ -16,7 +16,7 @@ from llm_auction.schemas.events import ClickEvent
 
 pytestmark = pytest.mark.integration
 
-ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app"]
+ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions"]
 
 
 def objects(client) -> dict[str, str]:
@@ -40,6 +40,7 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
         "responses": "ReplacingMergeTree",
         "revenue_by_policy": "View",
         "revenue_per_minute": "View",
+        "rollout_decisions": "ReplacingMergeTree",
         "schema_migrations": "ReplacingMergeTree",
         "stream_impressions": "ReplacingMergeTree",
         "stream_pctr_versions": "ReplacingMergeTree",

@@ -15,9 +15,9 @@ T = datetime(2026, 3, 1, 12, 0, 0, 123987, tzinfo=timezone.utc)
 
 def test_migrations_are_versioned_in_order_and_split_into_statements():
     ms = migrations()
-    assert [m.name for m in ms] == ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app"]
-    assert [m.version for m in ms] == [1, 2, 3, 4, 5, 6]
-    assert [len(m.statements()) for m in ms] == [2, 3, 3, 1, 2, 2]
+    assert [m.name for m in ms] == ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions"]
+    assert [m.version for m in ms] == [1, 2, 3, 4, 5, 6, 7]
+    assert [len(m.statements()) for m in ms] == [2, 3, 3, 1, 2, 2, 1]
     first = ms[0].statements()
     assert first[0] == "CREATE DATABASE IF NOT EXISTS llm_auction"
     for m in ms:
