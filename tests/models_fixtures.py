@@ -41,18 +41,23 @@ def make_queries(n: int, seed: int = 1, n_candidates: int = 100) -> list:
     return out
 
 
-def build_tiny_once(tmp_path_factory) -> Path:
-    if "tiny" not in _BUILT:
-        given = os.environ.get("LLMA_TEST_TINY_MODEL")
-        if given:
-            _BUILT["tiny"] = Path(given)
-        else:
-            from llm_auction.models.tiny import TinyConfig, build_tiny
+def _once(key: str, env: str, build) -> Path:
+    """The folder for ``key``: ``$env`` when set (reuse a folder built earlier), else ``build()``, once per process."""
+    if key not in _BUILT:
+        given = os.environ.get(env)
+        _BUILT[key] = Path(given) if given else build()
+    return _BUILT[key]
 
-            out = tmp_path_factory.mktemp("tiny-gpt2")
-            build_tiny(out, TinyConfig(seed=0), progress=False)
-            _BUILT["tiny"] = out
-    return _BUILT["tiny"]
+
+def build_tiny_once(tmp_path_factory) -> Path:
+    def build() -> Path:
+        from llm_auction.models.tiny import TinyConfig, build_tiny
+
+        out = tmp_path_factory.mktemp("tiny-gpt2")
+        build_tiny(out, TinyConfig(seed=0), progress=False)
+        return out
+
+    return _once("tiny", "LLMA_TEST_TINY_MODEL", build)
 
 
 @pytest.fixture(scope="session")
@@ -70,17 +75,14 @@ def tiny_adllm(tiny_model_dir):
 
 
 def prepare_smollm2_once(tmp_path_factory) -> Path:
-    if "smollm2" not in _BUILT:
-        given = os.environ.get("LLMA_TEST_SMOLLM2_MODEL")
-        if given:
-            _BUILT["smollm2"] = Path(given)
-        else:
-            from llm_auction.models.smollm2 import prepare_smollm2
+    def build() -> Path:
+        from llm_auction.models.smollm2 import prepare_smollm2
 
-            out = tmp_path_factory.mktemp("smol") / "smollm2"
-            prepare_smollm2(out)
-            _BUILT["smollm2"] = out
-    return _BUILT["smollm2"]
+        out = tmp_path_factory.mktemp("smol") / "smollm2"
+        prepare_smollm2(out)
+        return out
+
+    return _once("smollm2", "LLMA_TEST_SMOLLM2_MODEL", build)
 
 
 @pytest.fixture(scope="session")
