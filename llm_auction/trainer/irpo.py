@@ -26,6 +26,7 @@ leaves the registry as it was.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -391,12 +392,15 @@ def run_epoch(
     pick: Callable | None = None,
     announcer: Callable[[Manifest], bool] | None = None,
     data_window_extra: dict[str, Any] | None = None,
+    close_backend: bool = False,
 ) -> EpochResult:
     """One epoch from policy ``parent`` (None: the base model) to a published policy version.
 
     ``backend`` serves ``parent`` (it must have loaded it) and the base under ``"base"``;
     ``pctr`` scores exposed ads (:func:`onnx_pctr` or :func:`oracle_pctr`); ``announcer``, when
-    given, announces the published version (see :func:`announce`).
+    given, announces the published version (see :func:`announce`). ``close_backend`` closes the
+    backend once the answers are sampled, so a serving engine's processes (vLLM) do not compete
+    with DPO for the cores.
     """
     stage_s: dict[str, float] = {}
     parent_manifest = registry.get(parent) if parent else None
@@ -410,6 +414,8 @@ def run_epoch(
     t = time.perf_counter()
     answers = sample_answers(backend, queries, policy_version, cfg.samples_per_query, cfg.sample_batch_size)
     stage_s["sample"] = time.perf_counter() - t
+    if close_backend:
+        backend.close()
 
     t = time.perf_counter()
     samples = score_samples(queries, answers, pctr, cfg.lam)
@@ -431,7 +437,10 @@ def run_epoch(
         log_event(log, "irpo: no pair formed, nothing to learn; nothing published", level=logging.WARNING, parent=policy_version)
         return EpochResult(None, metrics, samples, pairs, stage_s)
 
-    work = Path(tempfile.mkdtemp(prefix=".irpo-work-", dir=registry.root if registry.root.exists() else None))
+    registry.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_work(registry.root)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=registry.root))
+    lock = _hold_work_lock(work)
     try:
         t = time.perf_counter()
         by_id = {q.query_id: q for q in queries}
@@ -467,9 +476,52 @@ def run_epoch(
         stage_s["publish"] = time.perf_counter() - t
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        lock.close()
     announced = bool(announcer(manifest)) if announcer else False
     log_event(log, "irpo: epoch done", version=manifest.version, parent=parent, announced=announced, **{f"{k}_s": round(v, 2) for k, v in stage_s.items()})
     return EpochResult(manifest, metrics, samples, pairs, stage_s, announced)
+
+
+# --------------------------------------------------------------------------- work folders
+WORK_PREFIX = ".irpo-work-"
+WORK_LOCK = ".owner.lock"
+STALE_UNLOCKED_S = 600.0  # a work folder without its lock file is only this old while mkdtemp -> flock runs
+
+
+def _hold_work_lock(work: Path):
+    """Lock ``work`` for as long as this epoch runs; the kernel drops the lock when the process dies."""
+    f = (work / WORK_LOCK).open("a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def remove_stale_work(root: Path) -> list[Path]:
+    """Delete the ``.irpo-work-*`` folders of epochs that died (killed during DPO): their lock is free.
+
+    A live epoch holds an exclusive ``flock`` on its folder's lock file, so its folder is never
+    taken; a folder without a lock file is removed only when it is older than ``STALE_UNLOCKED_S``.
+    Returns the folders removed. Work folders are never versions (the registry lists ``<kind>/<kind>-NNNN``).
+    """
+    removed = []
+    for work in sorted(Path(root).glob(f"{WORK_PREFIX}*")):
+        if not work.is_dir():
+            continue
+        lock_path = work / WORK_LOCK
+        try:
+            if lock_path.exists():
+                with lock_path.open("a") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a running epoch owns it
+            elif time.time() - work.stat().st_mtime < STALE_UNLOCKED_S:
+                continue
+        except FileNotFoundError:
+            continue  # its epoch finished meanwhile
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(work)
+        log_event(log, "irpo: removed the work folder of a dead epoch", path=str(work))
+    return removed
 
 
 # --------------------------------------------------------------------------- announcement

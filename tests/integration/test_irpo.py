@@ -152,9 +152,11 @@ def main():
     backend = make_backend("transformers", tiny, sampling=sampling, num_threads=1)
     enc = TextEncoder()
     registry = ModelRegistry(root, "policy")
+    parent = registry.latest()
+    backend.load_policy(parent.version, parent.to_event().uri, kind="lora")
     irpo.run_epoch(cfg, world=World(world_dir), backend=backend, base_model=tiny, registry=registry,
                    pctr=irpo.oracle_pctr(make_user_simulator("embedding", seed=7, encoder=enc)), pctr_version="oracle",
-                   parent=registry.latest().version, pick=candidate_picker(cfg.candidates_k, enc))
+                   parent=parent.version, pick=candidate_picker(cfg.candidates_k, enc))
 
 
 if __name__ == "__main__":
