@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=_run_epoch)
     p.set_defaults(handler=lambda args: p.print_help() or 0)
 
-    q = sub.add_parser("policy", help="list / show / announce published policy versions", description="Published Ad-LLM policy versions (the registry's policy kind).")
+    q = sub.add_parser("policy", help="list / show / announce published policy versions; rollout / promote / rollback", description="Published Ad-LLM policy versions (the registry's policy kind).")
     pc = q.add_subparsers(dest="policy_command", metavar="ACTION")
     ls = pc.add_parser("list", help="versions, oldest first, as JSON lines")
     ls.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: LLMA_KAFKA_BOOTSTRAP)")
     an.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
     an.set_defaults(handler=_announce)
+    from llm_auction.cli.policy import register_rollout  # rollout / promote / rollback (docs/rollout.md)
+
+    register_rollout(pc)
     q.set_defaults(handler=lambda args: q.print_help() or 0)
 
 

@@ -1,0 +1,58 @@
+"""``llm-auction policy rollout|promote|rollback``: people's rollout decisions, as the controller's.
+
+Each command reads ``auction.rollout`` from the beginning (the current routing is its latest
+event), builds the decision (``consumers/rollout_controller.operator_event``) and sends it on
+``auction.rollout``, where responders apply it and the rollout controller records it in
+ClickHouse. Nothing here opens the warehouse: with embedded ClickHouse the controller owns it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register_rollout(pc: argparse._SubParsersAction) -> None:
+    """Add the rollout commands to the ``policy`` group (declared in cli/irpo.py)."""
+    r = pc.add_parser("rollout", help="canary a version to a share of users (stable hash of the user id)")
+    r.add_argument("version", help="like policy-0001")
+    r.add_argument("--share", type=float, required=True, help="share of users in [0, 1] (raising it keeps the users already in)")
+    p = pc.add_parser("promote", help="make a version the stable one (every user)")
+    p.add_argument("version", help="like policy-0001")
+    b = pc.add_parser("rollback", help="end a version's canary, or return from it to the previous stable version")
+    b.add_argument("version", help="like policy-0001")
+    for cmd, action in ((r, "rollout"), (p, "promote"), (b, "rollback")):
+        cmd.add_argument("--reason", default="", help="recorded with the decision")
+        cmd.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: LLMA_KAFKA_BOOTSTRAP)")
+        cmd.set_defaults(handler=_decide, rollout_action=action)
+
+
+def _decide(args) -> int:
+    from llm_auction.cli import CliError
+    from llm_auction.consumers.rollout_controller import open_control_consumer, operator_event, read_topics
+    from llm_auction.infra.kafka import ensure_topics, make_producer
+    from llm_auction.schemas import RolloutEvent, encode
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.schemas.topics import ROLLOUT
+
+    s = get_settings()
+    bootstrap = args.bootstrap or s.kafka_bootstrap
+    if not bootstrap:
+        raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
+    ensure_topics(s, bootstrap)
+    consumer = open_control_consumer(s, bootstrap, [ROLLOUT])
+    try:
+        history = read_topics(consumer, {ROLLOUT: RolloutEvent})
+    finally:
+        consumer.close()
+    try:
+        event = operator_event(history, s.policy_version, args.rollout_action, args.version, getattr(args, "share", None), args.reason)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    producer = make_producer(s, bootstrap)
+    try:
+        producer.send(ROLLOUT, key=args.version.encode("utf-8"), value=encode(event)).get(timeout=30)
+    finally:
+        producer.close()
+    print(json.dumps(event.model_dump(mode="json", include={"event_id", "stable_version", "candidate_version", "candidate_share", "state", "reason"})))
+    return 0
