@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _limits(k)
     k.set_defaults(handler=_serve, service_name="sink")
 
+    c = ss.add_parser("rollout-controller", help="canary announced policy versions, promote or roll back on measured reward (auction.rollout)",
+                      description="Canary every announced policy version and decide from ClickHouse with the LLMA_ROLLOUT_* rule (docs/rollout.md).")
+    c.add_argument("--interval", type=float, help="seconds between looks (default: LLMA_ROLLOUT_CHECK_INTERVAL_S)")
+    c.set_defaults(handler=_rollout_controller)
+
     a = ss.add_parser("stream-app", help="responses x clicks -> impressions (ClickHouse), pCTR retraining -> auction.pctr-versions (Faust)")
     _stream_app_arguments(a)
 
@@ -129,6 +134,31 @@ def _serve(args) -> int:
         if backend is not None:
             backend.close()  # vLLM: stops the engine's processes
     print(json.dumps({"service": name, **dict(stats)}))
+    return 0
+
+
+def _rollout_controller(args) -> int:
+    from llm_auction.consumers.rollout_controller import RolloutController
+    from llm_auction.consumers.service import install_signal_handlers
+    from llm_auction.infra.clickhouse import get_client
+    from llm_auction.infra.ddl import migrate
+    from llm_auction.infra.kafka import ensure_topics, make_producer
+    from llm_auction.schemas.settings import get_settings
+
+    s = get_settings()
+    bootstrap = _bootstrap(s)
+    ensure_topics(s, bootstrap)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    client = get_client(s.resolved_clickhouse_url())
+    migrate(client)
+    producer = make_producer(s, bootstrap)
+    try:
+        made = RolloutController(s, bootstrap, client, producer).start().run(stop, args.interval)
+    finally:
+        producer.close()
+        client.close()
+    print(json.dumps({"service": "rollout-controller", "decisions": made}))
     return 0
 
 
