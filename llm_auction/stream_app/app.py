@@ -31,91 +31,42 @@ and the announcement is recorded. When clicks carry the simulator's ``click_prob
 version's metrics include the oracle comparison (``oracle_auc``, ``calibration_ratio``,
 ``truth_corr``).
 
+Modules. This one builds the app (:func:`create_app`: Faust settings, topics, tables) and
+assembles the parts, each in its own module: :mod:`.context` (``StreamContext``: what the parts
+share, with the buffer's flush), :mod:`.agents` (the join's agents ``responses`` and ``clicks``,
+timers ``join-expiry`` and ``impressions-flush``), :mod:`.retrain` (``Retrainer`` and the
+``pctr-retrain`` timer); :mod:`.join` is the join itself and :mod:`.store` its ClickHouse tables.
+
 Faust on Tansu (docs/design.md): ``broker_session_timeout=6`` (a group join waits half of it), no
 ``exactly_once`` (transactions fail), ``topic_replication_factor=1``, no web server.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_auction.logs import log_event
-from llm_auction.schemas import ClickEvent, DeadLetter, ResponseEvent, decode, encode
-from llm_auction.schemas.codec import SchemaError
 from llm_auction.schemas.settings import Settings
-from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, PCTR_VERSIONS, RESPONSES, TOPICS
-from llm_auction.stream_app.join import ImpressionJoiner, Impression
+from llm_auction.schemas.topics import RESPONSES, TOPICS
+from llm_auction.stream_app import agents, retrain
+from llm_auction.stream_app.context import StreamContext, StreamStats, StreamTopics
+from llm_auction.stream_app.join import ImpressionJoiner
+from llm_auction.stream_app.retrain import Retrainer
 from llm_auction.stream_app.store import StreamStore
 
-log = logging.getLogger("llm_auction.stream_app")
-
-
-@dataclass(frozen=True)
-class StreamTopics:
-    responses: str = RESPONSES
-    clicks: str = CLICKS
-    pctr_versions: str = PCTR_VERSIONS
-    dead_letter: str = DEAD_LETTER
-
-
-@dataclass
-class StreamStats:
-    responses: int = 0
-    clicks: int = 0
-    bad: int = 0
-    joined: int = 0  # impressions produced by the join (this process)
-    persisted: int = 0  # impression rows inserted into ClickHouse (this process; repeats included)
-    restored_buffer: int = 0  # impressions in the buffer table when the worker became ready
-    pending_at_start: int = 0  # responses waiting for clicks, restored from the changelog
-    early_clicks_at_start: int = 0  # queries with clicks waiting for their response, restored
-    retrains: int = 0
-    announced: list[str] = field(default_factory=list)
-    skipped_announcements: list[str] = field(default_factory=list)
-
-
-class Retrainer:
-    """The synchronous half of retraining (runs in an executor thread)."""
-
-    def __init__(self, settings: Settings, store: StreamStore, registry, pctr_config=None, encoder=None, encoder_cache: Path | None = None):
-        self.settings = settings
-        self.store = store
-        self.registry = registry
-        self.pctr_config = pctr_config
-        self._encoder = encoder
-        self.encoder_cache = encoder_cache
-
-    @property
-    def encoder(self):
-        if self._encoder is None:
-            from llm_auction.models.encoder import TextEncoder
-
-            self._encoder = TextEncoder()
-            if self.encoder_cache is not None:
-                self._encoder.load_cache(self.encoder_cache)
-        return self._encoder
-
-    def train(self, df, impressions_total: int):
-        from llm_auction.trainer.pctr_fit import PctrConfig
-        from llm_auction.trainer.pctr_publish import retrain_and_publish
-
-        s = self.settings
-        config = self.pctr_config or PctrConfig(seed=s.seed, progress=False)
-        return retrain_and_publish(
-            df, self.registry, self.encoder, config, min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin,
-            extra={"source": "stream_app", "app_id": self.store.app_id, "impressions_total": int(impressions_total)},
-            encoder_cache=self.encoder_cache,
-        )
+__all__ = ["Retrainer", "StreamContext", "StreamStats", "StreamTopics", "create_app", "run_worker"]
 
 
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+
+
+def _table(app, name: str, partitions: int):
+    """A changelog-backed Faust table keyed by query_id, partitioned as the source topics are."""
+    import faust
+
+    schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+    return app.Table(name, default=None, partitions=partitions, schema=schema, use_partitioner=True)
 
 
 def create_app(
@@ -176,160 +127,23 @@ def create_app(
         processing_guarantee="at_least_once",
     )
 
-    def table(name: str):
-        schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
-        return app.Table(name, default=None, partitions=n_parts, schema=schema, use_partitioner=True)
+    pending = _table(app, "pending-responses", n_parts)
+    early = _table(app, "early-clicks", n_parts)
+    joined = _table(app, "joined-impressions", n_parts)  # query_id -> [impression dict]: not yet in ClickHouse
+    ctx = StreamContext(
+        app=app, settings=s, topics=topics, store=store, pending=pending, early=early, joined=joined,
+        joiner=ImpressionJoiner(pending, early, max_wait_s=s.stream_join_max_wait_s),
+        responses_topic=app.topic(topics.responses, value_serializer="raw", key_type=str, key_serializer="raw"),
+        clicks_topic=app.topic(topics.clicks, value_serializer="raw", key_type=str, key_serializer="raw"),
+        versions_topic=app.topic(topics.pctr_versions, value_serializer="raw", key_serializer="raw", partitions=1),
+        dlq_topic=app.topic(topics.dead_letter, value_serializer="raw", key_serializer="raw", partitions=1),
+    )
+    agents.register(app, ctx)
+    retrain.register(app, ctx, retrainer)
 
-    pending = table("pending-responses")
-    early = table("early-clicks")
-    joined = table("joined-impressions")  # query_id -> [impression dict]: not yet in ClickHouse
-    joiner = ImpressionJoiner(pending, early, max_wait_s=s.stream_join_max_wait_s)
-    responses_topic = app.topic(topics.responses, value_serializer="raw", key_type=str, key_serializer="raw")
-    clicks_topic = app.topic(topics.clicks, value_serializer="raw", key_type=str, key_serializer="raw")
-    versions_topic = app.topic(topics.pctr_versions, value_serializer="raw", key_serializer="raw", partitions=1)
-    dlq_topic = app.topic(topics.dead_letter, value_serializer="raw", key_serializer="raw", partitions=1)
-
-    stats = StreamStats()
-    io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-clickhouse")
-    train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pctr-retrain")
-    flush_lock = asyncio.Lock()
-    runtime: dict[str, Any] = {"buffered": 0, "watermark": None, "retraining": False, "started": False}
-
-    def ready() -> bool:
-        rec = app.tables.recovery
-        return rec.completed.is_set() and not rec.in_recovery and not app.rebalancing
-
-    async def io(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(io_pool, fn, *args)
-
-    async def dead_letter(topic: str, value: bytes, error: str, event) -> None:
-        stats.bad += 1
-        msg = getattr(event, "message", None)
-        dl = DeadLetter(
-            source_topic=topic, partition=getattr(msg, "partition", None), offset=getattr(msg, "offset", None),
-            payload=(value or b"").decode("utf-8", errors="replace")[:100_000], error=error[:2000] or "unknown", consumer=app_id,
-        )
-        log_event(log, "stream_app: dead letter", logging.WARNING, topic=topic, error=error[:200])
-        await dlq_topic.send(key=topic, value=encode(dl))
-
-    async def flush() -> int:
-        """Insert the buffered impressions, then drop them from the buffer table."""
-        async with flush_lock:
-            keys = list(joined.keys())
-            if not keys:
-                runtime["buffered"] = 0
-                return 0
-            rows = [r for k in keys for r in (joined.get(k) or [])]
-            await io(store.insert_impressions, rows)
-            for k in keys:
-                joined.pop(k, None)
-            stats.persisted += len(rows)
-            runtime["buffered"] = sum(len(v or []) for v in joined.values())
-            log_event(log, "stream_app: impressions persisted", logging.DEBUG, rows=len(rows))
-            return len(rows)
-
-    def started() -> None:
-        """Once, when the tables are restored (first event or first ready tick): what came back."""
-        if not runtime["started"]:
-            runtime["started"] = True
-            runtime["buffered"] = stats.restored_buffer = sum(len(v or []) for v in joined.values())
-            stats.pending_at_start, stats.early_clicks_at_start = len(pending), len(early)
-            log_event(log, "stream_app: ready", pending=len(pending), early_clicks=len(early), restored_buffer=stats.restored_buffer)
-
-    async def emit(rows: list[Impression]) -> None:
-        if not rows:
-            return
-        by_query: dict[str, list[dict]] = defaultdict(list)
-        for r in rows:
-            by_query[r.query_id].append(r.to_dict())
-        for qid, items in by_query.items():
-            joined[qid] = (joined.get(qid) or []) + items
-        stats.joined += len(rows)
-        runtime["buffered"] += len(rows)
-        if runtime["buffered"] >= s.stream_flush_rows:
-            await flush()  # awaited in the agent: the buffer stays bounded (backpressure)
-
-    async def decoded(event, model, topic: str):
-        """The event's payload as ``model``, or None after dead-lettering it with the reason."""
-        started()
-        try:
-            return decode(event.value, model)
-        except SchemaError as e:
-            await dead_letter(topic, event.value, str(e), event)
-            return None
-
-    @app.agent(responses_topic, name="responses")
-    async def on_responses(stream):
-        async for event in stream.events():
-            resp = await decoded(event, ResponseEvent, topics.responses)
-            if resp is not None:
-                stats.responses += 1
-                await emit(joiner.add_response(resp, time.time()))
-
-    @app.agent(clicks_topic, name="clicks")
-    async def on_clicks(stream):
-        async for event in stream.events():
-            click = await decoded(event, ClickEvent, topics.clicks)
-            if click is not None:
-                stats.clicks += 1
-                await emit(joiner.add_click(click, time.time()))
-
-    @app.timer(max(0.2, min(1.0, s.stream_join_max_wait_s / 4)), name="join-expiry")
-    async def expire_tick():
-        if ready():
-            await emit(joiner.expire(time.time()))
-
-    @app.timer(s.stream_flush_interval_s, name="impressions-flush")
-    async def flush_tick():
-        if not ready():
-            return
-        started()
-        await flush()
-
-    @app.timer(s.pctr_retrain_interval_s, name="pctr-retrain", on_leader=True)  # one retrainer per app, not per worker
-    async def retrain_tick():
-        if not ready() or runtime["retraining"]:
-            return
-        runtime["retraining"] = True
-        try:
-            await maybe_retrain()
-        except Exception as e:  # noqa: BLE001 - a failed retrain must not stop the join
-            log_event(log, "stream_app: retrain failed", logging.ERROR, error=f"{type(e).__name__}: {e}"[:500])
-        finally:
-            runtime["retraining"] = False
-
-    async def maybe_retrain() -> None:
-        total = await io(store.count_impressions)
-        if runtime["watermark"] is None:
-            runtime["watermark"] = await io(store.watermark)
-        new = total - runtime["watermark"]
-        log_event(
-            log, "stream_app: status", impressions=total, watermark=runtime["watermark"], new=new, responses=stats.responses, clicks=stats.clicks,
-            joined=stats.joined, persisted=stats.persisted, pending=len(pending), early_clicks=len(early), bad=stats.bad,
-        )
-        if new < s.pctr_min_new_impressions:
-            return
-        df = await io(store.window, s.pctr_train_window)
-        loop = asyncio.get_running_loop()
-        manifest = await loop.run_in_executor(train_pool, retrainer.train, df, total)
-        stats.retrains += 1
-        runtime["watermark"] = total
-        event = manifest.to_event()
-        if await io(store.announced, event.event_id):
-            stats.skipped_announcements.append(manifest.version)
-            log_event(log, "stream_app: version already announced", version=manifest.version, event_id=event.event_id)
-            return
-        fut = await versions_topic.send(key=manifest.version, value=encode(event))
-        await fut  # acknowledged by the broker before it is recorded as announced
-        await io(store.record_announcement, event.event_id, manifest.version, manifest.sha256, manifest.promoted, total, len(df))
-        stats.announced.append(manifest.version)
-        m = manifest.metrics
-        log_event(
-            log, "stream_app: pctr version announced", version=manifest.version, promoted=manifest.promoted, auc=m.get("auc"),
-            oracle_auc=m.get("oracle_auc"), calibration_ratio=m.get("calibration_ratio"), rows=len(df), impressions_total=total,
-        )
-
-    app.stream_ctx = {"stats": stats, "store": store, "joiner": joiner, "registry": registry, "tables": (pending, early, joined), "flush": flush}
+    app.stream_ctx = {
+        "stats": ctx.stats, "store": store, "joiner": ctx.joiner, "registry": registry, "tables": (pending, early, joined), "flush": ctx.flush, "context": ctx,
+    }
     return app
 
 
