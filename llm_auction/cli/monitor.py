@@ -1,8 +1,14 @@
 """``llm-auction monitor`` and ``llm-auction report``: what the warehouse says, for people and scripts.
 
 The monitor refreshes a table per policy version (queries, ads per answer, CTR, revenue and
-reward per query, format errors) plus the last minutes of revenue; ``--once --json`` prints one
+reward per query, format errors; with rollouts, each version's share of users and its state)
+plus the last rollout decisions and the last minutes of revenue; ``--once --json`` prints one
 snapshot for scripts. The report writes PNG plots and a markdown summary.
+
+Shares and states come from the rollout decisions recorded in ClickHouse
+(``llm_auction.rollout_decisions``, migration 0007; docs/rollout.md), read like the metrics: the
+latest decision is the routing in force. A person's ``llm-auction policy`` decision appears once
+the rollout controller has recorded it (it records the topic's events the table lacks).
 """
 
 from __future__ import annotations
@@ -25,6 +31,24 @@ POLICY_COLUMNS = [
     ("format_error_rate", "format err", "{:.1%}"),
     ("revenue", "revenue", "{:.0f}"),
 ]
+ROLLOUT_COLUMNS = [("share", "share", "{:.0%}"), ("state", "state", "{}")]
+DECISION_COLUMNS = [
+    ("time", "decided at (UTC)", "{}"),
+    ("version", "version", "{}"),
+    ("state", "state", "{}"),
+    ("share", "share", "{:.0%}"),
+    ("stable_version", "stable", "{}"),
+    ("arms", "queries per arm", "{}"),
+    ("decided_by", "by", "{}"),
+    ("reason", "reason", "{}"),
+]
+DECISION_TEXT = frozenset({"version", "state", "stable_version", "arms", "decided_by", "reason"})  # left-aligned
+# How a version stands after the latest decision (docs/rollout.md): "stable" (serves everyone
+# not in a canary), "canary"/"paused" (serves its share), "rolled_back" (a candidate the last
+# decision about it rolled back), "retired" (no longer served: a former stable, or a candidate
+# replaced before any decision).
+SERVING = ("canary", "paused")
+REASON_CHARS = 70  # the table's reason column; --json has it whole
 MINUTE_COLUMNS = [
     ("minute", "minute", "{}"),
     ("policy_version", "policy", "{}"),
@@ -44,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default 5)")
     p.add_argument("--minutes", type=int, default=10, help="how many recent minutes to show (default 10)")
+    p.add_argument("--decisions", type=int, default=5, help="how many recent rollout decisions to show (default 5)")
     p.set_defaults(handler=_monitor)
 
     p = sub.add_parser("report", help="write PNG plots and a markdown summary of the warehouse", description="Write revenue-per-minute and CTR plots per policy version (PNG) and summary.md to --out.")
@@ -60,27 +85,100 @@ def _fmt(v, spec: str) -> str:
         return str(v)
 
 
-def render_table(rows: list[dict], columns) -> str:
-    """A fixed-width text table; missing values show as '-'."""
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def render_table(rows: list[dict], columns, left: frozenset[str] = frozenset()) -> str:
+    """A fixed-width text table; missing values show as '-'. The first column and those whose key
+    is in ``left`` are left-aligned, the others right-aligned."""
     head = [title for _, title, _ in columns]
     body = [[_fmt(r.get(key), spec) for key, _, spec in columns] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lefts = [i == 0 or key in left for i, (key, _, _) in enumerate(columns)]
+    line = lambda cells: "  ".join(c.ljust(w) if lefts[i] else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 
-def snapshot(client, minutes: int = 10) -> dict:
+def version_states(decisions: list[dict]) -> list[dict]:
+    """Each version the decisions (oldest first) name, with its ``share`` of users and ``state``
+    after the latest one; the stable version first, then the candidate, then the rest by name."""
+    if not decisions:
+        return []
+    states: dict[str, str] = {}
+    for d in decisions:
+        states.setdefault(d["stable_version"], "retired")
+        if d["candidate_version"]:
+            states[d["candidate_version"]] = "rolled_back" if d["state"] == "rolled_back" else "retired"
+        if d["state"] == "promoted":
+            states[d["stable_version"]] = "retired"  # marked stable below if it still is
+    shares = dict.fromkeys(states, 0.0)
+    last = decisions[-1]
+    stable, candidate = last["stable_version"], last["candidate_version"]
+    share = float(last["candidate_share"]) if candidate and last["state"] in SERVING else 0.0
+    states[stable], shares[stable] = "stable", 1.0 - share
+    if candidate and last["state"] in SERVING:
+        states[candidate], shares[candidate] = last["state"], share
+    order = [stable] + ([candidate] if candidate in states and candidate != stable else [])
+    order += sorted(v for v in states if v not in order)
+    return [{"policy_version": v, "share": shares[v], "state": states[v]} for v in order]
+
+
+def decision_rows(decisions: list[dict]) -> list[dict]:
+    """The decisions newest first, as the monitor shows them: ``version`` is the one decided about
+    (the candidate; the new stable for a promotion), ``queries`` the arms' queries at the time."""
+    out = []
+    for d in reversed(decisions):
+        queries = {v: int(e.get("queries") or 0) for v, e in (d.get("evidence") or {}).items()}
+        out.append({
+            "decided_at": d["decided_at"],
+            "time": d["decided_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            "version": d["candidate_version"] or d["stable_version"],
+            "state": d["state"],
+            "share": 1.0 if d["state"] == "promoted" else d["candidate_share"],  # what the version got
+            "stable_version": d["stable_version"],
+            "queries": queries,
+            "arms": " / ".join(f"{v} {n}" for v, n in queries.items()) or "-",
+            "decided_by": d["decided_by"],
+            "reason": d["reason"],
+            "decision_id": d["decision_id"],
+        })
+    return out
+
+
+def snapshot(client, minutes: int = 10, decisions: int = 5) -> dict:
+    """Per-policy metrics (with ``share`` and ``state`` once a rollout was decided), revenue per
+    minute, totals, and ``rollout``: ``versions`` (:func:`version_states`) and ``decisions``
+    (the last ``decisions``, newest first; :func:`decision_rows`)."""
     from llm_auction.infra import warehouse
 
     policies = warehouse.revenue_by_policy(client)
     per_minute = warehouse.revenue_per_minute(client)[-minutes * max(1, len(policies)) :]
-    return {"policies": policies, "per_minute": per_minute, "totals": warehouse.totals(client)}
+    history = warehouse.rollout_decisions(client)  # all of it: a version's state may date from any decision
+    versions = version_states(history)
+    if versions:
+        by_version = {v["policy_version"]: v for v in versions}
+        for p in policies:
+            v = by_version.get(p["policy_version"], {})
+            p["share"], p["state"] = v.get("share", 0.0), v.get("state", "-")
+    rollout = {"versions": versions, "decisions": decision_rows(history[-decisions:] if decisions > 0 else [])}
+    return {"policies": policies, "per_minute": per_minute, "totals": warehouse.totals(client), "rollout": rollout}
 
 
 def render_snapshot(snap: dict) -> str:
     t = snap["totals"]
     head = f"queries {t.get('queries', 0)}  responses {t.get('responses', 0)}  clicks {t.get('clicks', 0)}  revenue {t.get('revenue', 0):.0f}"
-    parts = [head, "", "per policy version", render_table(snap["policies"], POLICY_COLUMNS)]
+    rollout = snap.get("rollout") or {}
+    versions = rollout.get("versions") or []
+    policy_columns = POLICY_COLUMNS[:1] + ROLLOUT_COLUMNS + POLICY_COLUMNS[1:] if versions else POLICY_COLUMNS
+    parts = [head, "", "per policy version", render_table(snap["policies"], policy_columns)]
+    if versions:
+        serving = ", ".join(f"{v['policy_version']} {v['state']} {v['share']:.0%}" for v in versions if v["share"] > 0)
+        idle = [v for v in versions if v["share"] == 0]
+        parts += ["", "rollout: " + serving + ("  (not served: " + ", ".join(f"{v['policy_version']} {v['state']}" for v in idle) + ")" if idle else "")]
+    if rollout.get("decisions"):
+        rows = [{**d, "reason": _clip(d.get("reason") or "", REASON_CHARS)} for d in rollout["decisions"]]
+        parts += ["", "last rollout decisions (newest first)", render_table(rows, DECISION_COLUMNS, left=DECISION_TEXT)]
     if snap["per_minute"]:
         parts += ["", "revenue per minute", render_table(snap["per_minute"], MINUTE_COLUMNS)]
     return "\n".join(parts)
@@ -99,11 +197,11 @@ def _client():
 def _monitor(args) -> int:
     client = _client()
     if args.once:
-        snap = snapshot(client, args.minutes)
+        snap = snapshot(client, args.minutes, args.decisions)
         print(json.dumps(snap, default=str, indent=2) if args.json else render_snapshot(snap))
         return 0
     while True:
-        print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + render_snapshot(snapshot(client, args.minutes)), flush=True)
+        print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + render_snapshot(snapshot(client, args.minutes, args.decisions)), flush=True)
         time.sleep(args.interval)
 
 

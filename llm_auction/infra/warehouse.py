@@ -13,6 +13,7 @@ no SQL is ever built from event data.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -310,6 +311,32 @@ def totals(client) -> dict:
     """
     row = _rows(client, sql, "read warehouse totals")[0]
     return {k: int(v) for k, v in row.items()}
+
+
+def rollout_decisions(client, limit: int | None = None) -> list[dict]:
+    """The rollout decisions (migration 0007, ``FINAL``: one row per decision), oldest first;
+    ``limit`` keeps the newest ones. Each dict: decision_id, decided_at (aware UTC), stable_version,
+    candidate_version (None when empty), candidate_share, state, reason, decided_by and evidence
+    (the JSON decoded: version -> queries, revenue_per_query, reward_per_query, format_error_rate)."""
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    sql = (
+        "SELECT decision_id, decided_at, stable_version, candidate_version, candidate_share, state, reason, decided_by, evidence "
+        f"FROM {DATABASE}.rollout_decisions FINAL ORDER BY decided_at DESC, decision_id DESC"
+    )
+    params = {}
+    if limit is not None:
+        sql += " LIMIT {limit:UInt64}"
+        params["limit"] = int(limit)
+    rows = _rows(client, sql, "read rollout_decisions", params)
+    for r in rows:
+        r["decided_at"] = _utc(r["decided_at"])
+        r["candidate_version"] = r["candidate_version"] or None
+        try:
+            r["evidence"] = json.loads(r["evidence"] or "{}")
+        except ValueError:
+            r["evidence"] = {}
+    return rows[::-1]
 
 
 def impressions(client, since: datetime | None = None, limit: int | None = None) -> "pd.DataFrame":
