@@ -30,6 +30,8 @@ GRAFANA_DIR = COMPOSE_DIR / "grafana"
 DATASOURCE_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "clickhouse.yml"
 PROVIDER_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "revenue.json"
+MIGRATIONS_DIR = ROOT / "llm_auction" / "infra" / "migrations"
+DECISIONS_TABLE = "llm_auction.rollout_decisions"
 
 INFRA = {"kafka", "clickhouse", "grafana"}
 PIPELINE = {"migrate", "responder", "responder-cpu", "user-sim", "sink", "stream-app", "replay"}
@@ -51,7 +53,7 @@ VIEWS = {
 }
 SQL_KEYWORDS = {
     "select", "from", "where", "and", "or", "not", "as", "order", "by", "group", "asc", "desc",
-    "in", "distinct", "limit", "having", "with", "is", "null",
+    "in", "distinct", "limit", "having", "with", "is", "null", "final",
 }
 
 
@@ -462,6 +464,33 @@ def _sql_identifiers(sql: str) -> tuple[set[str], set[str]]:
     return tables, words - SQL_KEYWORDS - aliases - functions
 
 
+def _migrations_sql() -> str:
+    """Every migration, in order (a later one may replace a view an earlier one created)."""
+    return "\n".join(f.read_text() for f in sorted(MIGRATIONS_DIR.glob("*.sql")))
+
+
+def migration_table_columns(table: str) -> set[str]:
+    """The columns of ``CREATE TABLE ... <table> ( ... )`` in the migrations."""
+    m = re.search(rf"CREATE TABLE (?:IF NOT EXISTS )?{re.escape(table)}\s*\((.*?)\n\)", _migrations_sql(), flags=re.S)
+    assert m, f"no CREATE TABLE {table} in {MIGRATIONS_DIR}"
+    return {line.split()[0] for line in m.group(1).splitlines() if line.strip() and not line.strip().startswith("--")}
+
+
+def migration_view_columns(view: str) -> set[str]:
+    """The output columns of the last ``CREATE ... VIEW <view> AS SELECT ... FROM`` in the migrations:
+    each select item's alias, or the bare column it is."""
+    found = re.findall(rf"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?{re.escape(view)} AS\s*SELECT\s*(.*?)\nFROM", _migrations_sql(), flags=re.S)
+    assert found, f"no CREATE VIEW {view} in {MIGRATIONS_DIR}"
+    items = [i.strip() for i in found[-1].split(",\n")]
+    return {re.split(r"\s+AS\s+", i, flags=re.I)[-1].strip() for i in items}
+
+
+def test_views_and_decisions_columns_are_the_migrations():
+    for view, columns in VIEWS.items():
+        assert columns <= migration_view_columns(view), f"{view}: {columns - migration_view_columns(view)} not in the migrations"
+    assert {"decided_at", "stable_version", "candidate_version", "candidate_share", "state", "reason", "decided_by"} <= migration_table_columns(DECISIONS_TABLE)
+
+
 def _targets(dashboard):
     for panel in dashboard["panels"]:
         for t in panel["targets"]:
@@ -518,6 +547,40 @@ def test_dashboard_panels_cover_the_metrics(dashboard):
             by_policy |= words
     assert {"revenue", "ctr", "ads_per_answer", "format_error_rate"} <= per_minute_series
     assert {"policy_version", "revenue_per_query"} <= by_policy
+
+
+def test_dashboard_has_a_revenue_per_query_panel_per_version(dashboard):
+    (panel,) = [p for p in dashboard["panels"] if p.get("repeat")]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    var = variables[panel["repeat"]]
+    assert panel["repeat"] == "policy_version" and var["multi"] and var["includeAll"]  # one panel per selected version
+    assert panel["type"] == "timeseries" and "$policy_version" in panel["title"]
+    (t,) = panel["targets"]
+    sql = t["rawSql"]
+    tables, words = _sql_identifiers(sql)
+    assert tables == {"llm_auction.revenue_per_minute"}
+    assert words <= migration_view_columns("llm_auction.revenue_per_minute")
+    assert {"minute", "policy_version", "revenue", "queries"} <= words
+    assert re.search(r"revenue.*/\s*nullIf\(queries, 0\) AS revenue_per_query", sql)
+    # the repeated panel's own version, not the IN list of the other panels
+    assert re.search(r"\bpolicy_version = \$\{policy_version:singlequote\}", sql)
+    assert t["format"] == 0 and re.search(r"\bminute\s+AS\s+time\b", sql, re.I) and "$__timeFilter(minute)" in sql
+
+
+def test_dashboard_annotates_the_rollout_decisions(dashboard, datasource):
+    (anno,) = [a for a in dashboard["annotations"]["list"] if a.get("datasource", {}).get("type") == datasource["type"]]
+    assert anno["enable"] and anno["name"] == "Rollout decisions"
+    assert anno["datasource"]["uid"] == datasource["uid"] and anno["target"]["datasource"]["uid"] == datasource["uid"]
+    sql = anno["target"]["rawSql"]
+    tables, words = _sql_identifiers(sql)
+    assert tables == {DECISIONS_TABLE}
+    assert re.search(rf"FROM {DECISIONS_TABLE} FINAL\b", sql)  # a decision recorded twice counts once
+    columns = migration_table_columns(DECISIONS_TABLE)
+    assert words <= columns, f"unknown columns {words - columns} in {sql!r}"
+    # Grafana's annotation fields: time (on the time axis), text, tags; within the dashboard's range
+    assert re.search(r"\bdecided_at AS time\b", sql) and re.search(r"\)\s+AS text\b", sql) and re.search(r"\)\s+AS tags\b", sql)
+    assert "$__timeFilter(decided_at)" in sql
+    assert {"state", "stable_version", "candidate_version", "reason"} <= words
 
 
 def test_dashboard_layout_has_no_overlaps(dashboard):
