@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from llm_auction.auction.reward import AD_COUNT_PENALTY, FORMAT_ERROR_PENALTY
 from llm_auction.infra.clickhouse import describe_error
 from llm_auction.logs import log_event
 from llm_auction.schemas import PolicyVersion, RolloutEvent, SchemaError, decode, encode
@@ -108,7 +109,7 @@ FROM
 (
     SELECT r.policy_version AS policy_version, r.format_error AS format_error,
            toFloat64(c.revenue) AS revenue,
-           toFloat64(c.revenue) - 10 * r.n_ads * r.n_ads - 500 * r.format_error AS reward
+           toFloat64(c.revenue) - AD_COUNT_PENALTY * r.n_ads * r.n_ads - FORMAT_ERROR_PENALTY * r.format_error AS reward
     FROM
     (
         SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
@@ -125,7 +126,7 @@ FROM
     ON r.query_id = c.query_id AND r.policy_version = c.policy_version
 )
 GROUP BY policy_version
-"""
+""".replace("AD_COUNT_PENALTY", f"{AD_COUNT_PENALTY:g}").replace("FORMAT_ERROR_PENALTY", f"{FORMAT_ERROR_PENALTY:g}")  # Eq. 8 from one place
 
 
 class DecisionStore:
