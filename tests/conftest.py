@@ -36,7 +36,3 @@ def small_world(tmp_path_factory):
     generate_world(root, WorldSpec(seed=5, n_users=40, queries_per_user=5, n_test=40), progress=False)
     return World(root)
 
-
-def pytest_configure(config):
-    # Until pyproject.toml lists it: the fault suite's marker (tests/faults, issue 15).
-    config.addinivalue_line("markers", "faults: the fault suite (crash and restart, fuzzed bad input) on the real broker and ClickHouse; in the default suite")
