@@ -42,25 +42,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--oracle", action="store_true", help="reward with the user simulator's exact click probabilities instead of pCTR")
     r.add_argument("--policy", default=None, help="policy version to start from (default: the latest promoted one, else 'base')")
     r.add_argument("--pctr", default=None, help="pCTR version to score with (default: the latest promoted one)")
-    r.add_argument("--backend", choices=("transformers", "vllm"), default="transformers", help="serving backend that samples")
+    r.add_argument("--backend", choices=("transformers", "vllm"), default=default_backend(),
+                   help="serving backend that samples (vLLM where importable); it is closed before DPO starts")
     r.add_argument("--model", type=Path, default=None, help="base model folder (default: LLMA_ADLLM_MODEL, else <LLMA_DATA_DIR>/models/smollm2)")
     r.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
     r.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
     r.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
     r.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
     r.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
-    r.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the LoRA weights (cosine schedule, warmup 0.1)")
-    r.add_argument("--batch-size", type=int, default=4, help="pairs per DPO step")
-    r.add_argument("--dpo-epochs", type=float, default=1.0, help="passes over the pairs")
-    r.add_argument("--lora-r", type=int, default=8, help="LoRA rank (a fresh adapter only)")
-    r.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only)")
-    r.add_argument("--bf16", action="store_true", help="bfloat16 autocast during DPO")
+    r.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
+    r.add_argument("--batch-size", type=int, default=None, help="pairs per DPO step (default: the preset's)")
+    r.add_argument("--dpo-epochs", type=float, default=None, help="passes over the pairs (default: the preset's)")
+    r.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = 2r (a fresh adapter only; default: the preset's)")
+    r.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only; default: the preset's)")
+    r.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast during DPO (default: the preset's)")
     r.add_argument("--paper", action="store_true", help="start from IRPOConfig.paper() (GPU values: lr 1e-6, batch 64, bf16, all losers)")
     r.add_argument("--threads", type=int, default=None, help="torch threads during DPO")
     r.add_argument("--seed", type=int, default=0, help="bid, sampling and trainer seed")
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap to announce on (default: LLMA_KAFKA_BOOTSTRAP; unset: not announced)")
     r.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
     r.set_defaults(handler=_run_epoch)
+
+    e = cmds.add_parser(
+        "evaluate",
+        help="mean reward and revenue per query of fresh answers to held-out test queries",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Sample --samples fresh answers per query from --policy (and from --baseline, when given) for the "
+            "first --queries queries of the world's test split, with fresh bids and the responder's candidate "
+            "narrowing, and score them with Eq. 8. Prints JSON: mean reward, expected revenue per query "
+            "(sum of bid x click probability over exposed ads: the paper's revenue without the click draw), "
+            "format-error rate, ads per answer, each with a bootstrap 95% interval over queries, and the "
+            "paired difference to the baseline."
+        ),
+    )
+    e.add_argument("--policy", required=True, help="policy version to evaluate, or 'base'")
+    e.add_argument("--baseline", default=None, help="a second version (or 'base') sampled on the same queries and bids")
+    e.add_argument("--queries", type=int, default=40, help="test queries")
+    e.add_argument("--samples", type=int, default=4, help="answers per query")
+    e.add_argument("--oracle", action="store_true", help="score with the user simulator's exact click probabilities instead of pCTR")
+    e.add_argument("--pctr", default=None, help="pCTR version to score with (default: the latest promoted one)")
+    e.add_argument("--backend", choices=("transformers", "vllm"), default=default_backend(), help="serving backend that samples")
+    e.add_argument("--model", type=Path, default=None, help="base model folder (default: LLMA_ADLLM_MODEL, else <LLMA_DATA_DIR>/models/smollm2)")
+    e.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
+    e.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
+    e.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit")
+    e.add_argument("--seed", type=int, default=1000, help="bid and sampling seed (keep it apart from the epochs' seeds)")
+    e.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    e.set_defaults(handler=_evaluate)
     p.set_defaults(handler=lambda args: p.print_help() or 0)
 
     q = sub.add_parser("policy", help="list / show / announce published policy versions; rollout / promote / rollback", description="Published Ad-LLM policy versions (the registry's policy kind).")
@@ -81,6 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_rollout(pc)
     q.set_defaults(handler=lambda args: q.print_help() or 0)
+
+
+def default_backend() -> str:
+    """vLLM (the serving engine) where it is importable, else transformers."""
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 def _registry(args, kind: str = "policy"):
@@ -118,7 +154,6 @@ def _run_epoch(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.cli.pctr import load_encoder
     from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import make_backend
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.producers.world import World
     from llm_auction.schemas.settings import get_settings
@@ -129,19 +164,19 @@ def _run_epoch(args) -> int:
     k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
     fields = dict(
         queries=args.queries, query_offset=args.offset, samples_per_query=args.samples, oracle=args.oracle, backend=args.backend,
-        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, bf16=args.bf16,
+        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th,
         threads=args.threads, bid_seed=args.seed, sample_seed=args.seed, dpo_seed=args.seed,
     )
-    if args.paper:
-        cfg = IRPOConfig.paper(**fields)
-    else:
-        cfg = IRPOConfig.cpu(**fields, learning_rate=args.lr, batch_size=args.batch_size, num_epochs=args.dpo_epochs, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16}
+    fields |= {name: v for name, v in given.items() if v is not None}
+    if args.lora_r is not None:
+        fields |= {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r}
+    if args.upper_layers is not None:
+        fields["lora_top_layers"] = args.upper_layers
+    cfg = IRPOConfig.paper(**fields) if args.paper else IRPOConfig.cpu(**fields)
     model = args.model or s.adllm_model or s.data_dir / "models" / "smollm2"
     if not (Path(model) / "config.json").exists():
         raise CliError(f"no base model at {model} (prepare one: `llm-auction models prepare-smollm2 --out {model}`, or pass --model)")
-    if args.upper_layers:
-        n_layers = json.loads((Path(model) / "config.json").read_text()).get("num_hidden_layers") or json.loads((Path(model) / "config.json").read_text()).get("n_layer")
-        cfg = cfg.replace(layers_to_transform=list(range(max(0, n_layers - args.upper_layers), n_layers)))
     world = World(args.world or s.data_dir / "world")
     registry = _registry(args)
     parent = args.policy
@@ -152,31 +187,92 @@ def _run_epoch(args) -> int:
         parent = None
 
     encoder = load_encoder()
-    if cfg.oracle:
-        from llm_auction.models.user_sim import make_user_simulator
-
-        pctr, pctr_version = irpo.oracle_pctr(make_user_simulator("embedding", seed=s.seed, encoder=encoder)), "oracle"
-    else:
-        from llm_auction.models.pctr import PctrScorer
-
-        preg = _registry(args, "pctr")
-        pm = preg.get(args.pctr) if args.pctr else preg.latest()
-        if pm is None:
-            raise CliError(f"registry {preg.dir}: no promoted pCTR version (train one: `llm-auction pctr train`, or use --oracle)")
-        pctr, pctr_version = irpo.onnx_pctr(PctrScorer(pm.artifact_path, encoder=encoder)), pm.version
-
+    pctr, pctr_version = _reward(args, s, encoder, cfg.oracle)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.sample_seed)
-    backend = make_backend(cfg.backend, model, sampling=sampling, batch_size=cfg.sample_batch_size, num_threads=s.adllm_threads)
-    if parent:
-        backend.load_policy(parent, registry.get(parent).to_event().uri, kind="lora")
-    result = irpo.run_epoch(
-        cfg, world=world, backend=backend, base_model=Path(model), registry=registry, pctr=pctr, pctr_version=pctr_version,
-        parent=parent, pick=candidate_picker(cfg.candidates_k, encoder), announcer=_announcer(registry, args.bootstrap),
-    )
+    backend = _open_backend(cfg.backend, model, sampling, cfg.sample_batch_size, s)
+    try:
+        if parent:
+            backend.load_policy(parent, registry.get(parent).to_event().uri, kind="lora")
+        # close_backend: the serving engine's processes stop before DPO needs the cores
+        result = irpo.run_epoch(
+            cfg, world=world, backend=backend, base_model=Path(model), registry=registry, pctr=pctr, pctr_version=pctr_version,
+            parent=parent, pick=candidate_picker(cfg.candidates_k, encoder), announcer=_announcer(registry, args.bootstrap), close_backend=True,
+        )
+    finally:
+        backend.close()
     if result.manifest is None:
         print(json.dumps({"published": None, "metrics": result.metrics}, indent=2, default=str))
         return 0
     print(json.dumps({**result.manifest.model_dump(mode="json"), "path": str(result.manifest.path), "announced": result.announced}, indent=2))
+    return 0
+
+
+def _reward(args, s, encoder, oracle: bool):
+    """(pCTR function, its version name): the simulator's exact probabilities, or the promoted ONNX pCTR."""
+    from llm_auction.cli import CliError
+    from llm_auction.trainer import irpo
+
+    if oracle:
+        from llm_auction.models.user_sim import make_user_simulator
+
+        return irpo.oracle_pctr(make_user_simulator("embedding", seed=s.seed, encoder=encoder)), "oracle"
+    from llm_auction.models.pctr import PctrScorer
+
+    preg = _registry(args, "pctr")
+    pm = preg.get(args.pctr) if args.pctr else preg.latest()
+    if pm is None:
+        raise CliError(f"registry {preg.dir}: no promoted pCTR version (train one: `llm-auction pctr train`, or use --oracle)")
+    return irpo.onnx_pctr(PctrScorer(pm.artifact_path, encoder=encoder)), pm.version
+
+
+def _open_backend(name: str, model, sampling, batch_size: int, s):
+    """The serving backend, configured as the responder's (``LLMA_VLLM_*`` for vLLM)."""
+    from llm_auction.models.backends import make_backend
+
+    if name == "vllm":
+        from llm_auction.models.vllm_backend import VLLMEngineConfig
+
+        engine = VLLMEngineConfig(kv_cache_gb=s.vllm_kv_cache_gb, cpu_threads=s.vllm_cpu_threads, max_lora_rank=s.vllm_max_lora_rank, max_loras=s.vllm_max_loras)
+        return make_backend("vllm", model, sampling=sampling, engine=engine, batch_size=batch_size)
+    return make_backend("transformers", model, sampling=sampling, batch_size=batch_size, num_threads=s.adllm_threads)
+
+
+def _evaluate(args) -> int:
+    from llm_auction.cli import CliError
+    from llm_auction.cli.pctr import load_encoder
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.retrieval import candidate_picker
+    from llm_auction.producers.world import World
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer import irpo
+    from llm_auction.trainer.irpo_config import IRPOConfig
+
+    s = get_settings()
+    k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
+    model = args.model or s.adllm_model or s.data_dir / "models" / "smollm2"
+    if not (Path(model) / "config.json").exists():
+        raise CliError(f"no base model at {model} (pass --model)")
+    registry = _registry(args)
+    versions = [v for v in (args.policy, args.baseline) if v is not None]
+    world = World(args.world or s.data_dir / "world")
+    cfg = IRPOConfig(queries=args.queries, split="test", bid_seed=args.seed, candidates_k=k, max_new_tokens=args.max_new_tokens)
+    encoder = load_encoder()
+    pctr, pctr_version = _reward(args, s, encoder, args.oracle)
+    queries = irpo.narrow(irpo.build_offline_set(world, cfg, irpo.epoch_bid_seed(cfg, "evaluate")), candidate_picker(k, encoder))
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=args.seed)
+    backend = _open_backend(args.backend, model, sampling, cfg.sample_batch_size, s)
+    try:
+        for v in versions:
+            if v != "base":
+                backend.load_policy(v, registry.get(v).to_event().uri, kind="lora")
+        frames = {v: irpo.evaluate_policy(backend, queries, v if v != "base" else backend.config.base_version, pctr, m=args.samples) for v in versions}
+    finally:
+        backend.close()
+    report = {"queries": len(queries), "samples": args.samples, "pctr_version": pctr_version, "candidates_k": k, "seed": args.seed,
+              "policies": {v: irpo.evaluation_summary(f) for v, f in frames.items()}}
+    if args.baseline is not None:
+        report["difference"] = irpo.paired_difference(frames[args.policy], frames[args.baseline])
+    print(json.dumps(report, indent=2))
     return 0
 
 

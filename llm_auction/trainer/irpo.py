@@ -297,9 +297,13 @@ def train_dpo(base_model: Path, parent_adapter: Path | None, rows_fn: Callable, 
         max_length = cfg.max_length or need
         peft_config = None
         if parent_adapter is None:
+            layers = cfg.layers_to_transform
+            if layers is None and cfg.lora_top_layers is not None:
+                depth = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+                layers = list(range(max(0, depth - cfg.lora_top_layers), depth))
             peft_config = LoraConfig(
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules,
-                layers_to_transform=cfg.layers_to_transform, bias="none", task_type="CAUSAL_LM",
+                layers_to_transform=layers, bias="none", task_type="CAUSAL_LM",
             )
         else:
             # Trainable copy of adapter t-1; TRL copies it into a frozen "ref" adapter (the reference).
@@ -315,6 +319,7 @@ def train_dpo(base_model: Path, parent_adapter: Path | None, rows_fn: Callable, 
             num_train_epochs=cfg.num_epochs,
             max_length=max_length,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            gradient_checkpointing=cfg.gradient_checkpointing,
             bf16=cfg.bf16,
             use_cpu=cfg.use_cpu,
             seed=cfg.dpo_seed,
@@ -564,6 +569,34 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
     return float(v.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def expected_revenue(samples: pd.DataFrame) -> pd.Series:
+    """Per answer, sum of bid x click probability over its exposed ads (revenue per query before the click draw)."""
+    return pd.Series([sum(json.loads(b)[a] * p for a, p in json.loads(c).items()) for b, c in zip(samples["bids"], samples["pctr"])], index=samples.index, dtype=float)
+
+
+def evaluation_summary(samples: pd.DataFrame) -> dict[str, Any]:
+    """Mean reward, expected revenue per query, format-error rate and ads per answer, each with a
+    bootstrap 95% interval over queries (a query's answers are averaged first)."""
+    df = samples.assign(revenue=expected_revenue(samples), format_error=samples["format_error"].astype(float))
+    per_query = df.groupby("query_id")[["reward", "revenue", "format_error", "n_ads"]].mean()
+    out: dict[str, Any] = {"answers": len(df)}
+    for col, name in (("reward", "mean_reward"), ("revenue", "revenue_per_query"), ("format_error", "format_error_rate"), ("n_ads", "mean_ads")):
+        mean, low, high = bootstrap_mean_ci(per_query[col].to_numpy())
+        out[name] = {"mean": round(mean, 3), "ci95": [round(low, 3), round(high, 3)]}
+    return out
+
+
+def paired_difference(after: pd.DataFrame, before: pd.DataFrame) -> dict[str, Any]:
+    """``after - before`` per query (same queries and bids), mean reward and expected revenue, with bootstrap 95% intervals."""
+    out = {}
+    for name, f in (("mean_reward", lambda d: d["reward"]), ("revenue_per_query", expected_revenue)):
+        a = after.assign(v=f(after)).groupby("query_id")["v"].mean()
+        b = before.assign(v=f(before)).groupby("query_id")["v"].mean()
+        mean, low, high = bootstrap_mean_ci((a - b.reindex(a.index)).to_numpy())
+        out[name] = {"mean": round(mean, 3), "ci95": [round(low, 3), round(high, 3)]}
+    return out
 
 
 def evaluate_policy(backend, queries: Sequence[QueryEvent], policy_version: str, pctr: PctrFn, m: int = 1, lam: float = 1.0) -> pd.DataFrame:

@@ -93,10 +93,30 @@ def test_config_validates_with_clear_messages():
         (dict(warmup_ratio=1.0), "warmup_ratio"),
         (dict(backend="tgi"), "backend"),
         (dict(layers_to_transform=[-1]), "layers_to_transform"),
+        (dict(lora_top_layers=0), "lora_top_layers"),
     ]:
         with pytest.raises(ValueError, match=msg):
             IRPOConfig(**bad)
     assert IRPOConfig().to_dict()["beta"] == 0.1
+
+
+def test_evaluation_summary_and_paired_difference():
+    def frame(rewards, pctrs):
+        return pd.DataFrame({
+            "query_id": ["a", "a", "b", "b"], "sample": [0, 1, 0, 1], "reward": rewards, "n_ads": [1, 0, 1, 1],
+            "format_error": [False, False, False, True],
+            "pctr": [json.dumps(p) for p in pctrs], "bids": [json.dumps({"Ad-1": 50, "Ad-2": 10})] * 4,
+        })
+
+    before = frame([-500.0, 0.0, -10.0, -500.0], [{}, {}, {"Ad-1": 0.2}, {}])
+    after = frame([0.0, 0.0, -5.0, 1.0], [{}, {}, {"Ad-1": 0.1}, {"Ad-2": 0.5}])
+    assert irpo.expected_revenue(before).tolist() == [0.0, 0.0, 10.0, 0.0]
+    got = irpo.evaluation_summary(before)
+    assert got["answers"] == 4 and got["mean_reward"]["mean"] == (-250.0 + -255.0) / 2
+    assert got["revenue_per_query"]["mean"] == 2.5 and got["format_error_rate"]["mean"] == 0.25
+    diff = irpo.paired_difference(after, before)
+    assert diff["mean_reward"]["mean"] == ((0 + 250) + (-2 + 255)) / 2
+    assert diff["revenue_per_query"]["mean"] == ((0 - 0) + ((5 + 5) / 2 - 5)) / 2
 
 
 def test_offline_set_redraws_bids_per_epoch(small_world):
