@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema, WrapValidator
 
-AdId = Annotated[str, StringConstraints(pattern=r"^Ad-\d{4}$")]
+AdId = Annotated[str, StringConstraints(pattern=r"^Ad-[0-9]{4}$")]
 Bid = Annotated[int, Field(ge=1, le=100)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
@@ -56,7 +56,7 @@ AdIdList = Annotated[
     list[AdId],
     WrapValidator(_ad_ids_from_line),
     PlainSerializer(" ".join, when_used="json"),
-    WithJsonSchema({"anyOf": [AD_ID_LINE_JSON_SCHEMA, {"type": "array", "items": {"type": "string", "pattern": r"^Ad-\d{4}$"}}]}),
+    WithJsonSchema({"anyOf": [AD_ID_LINE_JSON_SCHEMA, {"type": "array", "items": {"type": "string", "pattern": r"^Ad-[0-9]{4}$"}}]}),
 ]
 """A list of ad ids that travels as one string, ``"Ad-4820 Ad-3356"`` (a JSON list is read too).
 

@@ -199,7 +199,7 @@ class Candidates(Sequence[CandidateAd]):
             "type": "object", "title": "CandidateColumns", "additionalProperties": False, "required": ["ad_ids", "bids"],
             "properties": {"ad_ids": AD_ID_LINE_JSON_SCHEMA, "bids": {"type": "array", "items": bid, "description": "one bid per ad id, in order"}},
         }
-        pair = {"type": "array", "prefixItems": [{"type": "string", "pattern": r"^Ad-\d{4}$"}, bid], "minItems": 2, "maxItems": 2}
+        pair = {"type": "array", "prefixItems": [{"type": "string", "pattern": r"^Ad-[0-9]{4}$"}, bid], "minItems": 2, "maxItems": 2}
         return {"anyOf": [columns, {"type": "array", "items": {"anyOf": [listed["items"], pair]}}]}
 
     @classmethod

@@ -285,3 +285,16 @@ def test_rollout_event_states_the_decision_and_reads_the_older_form():
                 {"stable_version": "a", "candidate_version": "b", "state": "canary", "candidate_share": 1.5}):
         with pytest.raises(SchemaError):
             decode(json.dumps(bad), RolloutEvent)
+
+
+def test_ad_ids_take_ascii_digits_only():
+    """``\\d`` in the id pattern matched any Unicode digit: ``Ad-١٢٣٤`` passed (found by the fuzz suite)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from llm_auction.schemas.ads import AdId
+
+    ids = TypeAdapter(AdId)
+    assert ids.validate_python("Ad-1234") == "Ad-1234"
+    for bad in ("Ad-\u0661\u0662\u0663\u0664", "Ad-１２３４", "Ad-123", "Ad-12345"):
+        with pytest.raises(ValidationError):
+            ids.validate_python(bad)
