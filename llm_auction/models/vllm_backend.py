@@ -85,6 +85,12 @@ class VLLMEngineConfig:
 
 def _require_vllm():
     """Import vllm, or say in one line why this backend cannot run here."""
+    # vLLM logs to stdout at INFO by default (a page of engine configuration per start, and a
+    # warning per fp32 weight cast to bf16), which mixed into the CLI's tables and --json output:
+    # its own lines go to stderr, errors only, unless the environment says otherwise
+    # (VLLM_LOGGING_LEVEL=INFO brings them back); this backend logs what it did itself.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm
         from vllm.platforms import current_platform
