@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_version)
 
     p = sub.add_parser("settings", help="show the effective LLMA_* settings", description="Show the effective settings (secrets hidden).")
-    p.add_argument("--markdown", action="store_true", help="print the README settings table (all variables and defaults) instead")
+    p.add_argument("--markdown", action="store_true", help="print the settings table of docs/settings.md (all variables and defaults) instead")
     p.set_defaults(handler=_settings)
 
     p = sub.add_parser(

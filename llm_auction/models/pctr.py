@@ -236,7 +236,7 @@ def export_onnx(
     tmp = Path(tmp_name)
     try:
         with warnings.catch_warnings():
-            # The TorchScript exporter is the one DESIGN.md asks for (dynamo=False); its
+            # The TorchScript exporter (dynamo=False) needs nothing beyond torch and onnx; its
             # deprecation notices are noise here. Tracer warnings still show.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             torch.onnx.export(

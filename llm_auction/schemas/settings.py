@@ -122,7 +122,7 @@ def describe_validation_error(e: ValidationError) -> str:
 
 
 def settings_markdown_table() -> str:
-    """The README's settings table, generated from the model so the two cannot drift."""
+    """The settings table of docs/settings.md, generated from the model so the two cannot drift."""
     rows = ["| variable | default | description |", "|---|---|---|"]
     for name, f in Settings.model_fields.items():
         default = f.default
