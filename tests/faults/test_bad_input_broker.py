@@ -23,7 +23,7 @@ from llm_auction.consumers.service import ServiceConfig, StreamService, run_in_t
 from llm_auction.consumers.sink import SinkHandler
 from llm_auction.consumers.user_sim import UserSimHandler
 from llm_auction.infra import warehouse
-from llm_auction.infra.kafka import make_consumer, make_producer
+from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.models.user_sim import make_user_simulator
 from llm_auction.schemas import ClickEvent, DeadLetter, QueryEvent, ResponseEvent, decode, encode
@@ -75,6 +75,9 @@ def _read_dead_letters(settings_, bootstrap, sources: set[str], expect: int, tim
 def test_fuzzed_records_on_the_broker_are_dead_lettered_once_and_the_services_keep_running(
         kafka_settings, kafka_bootstrap, fresh_topic, fresh_group, clickhouse_client, text_encoder, record_property):
     s, b = kafka_settings, kafka_bootstrap
+    # The services write to the project's topics (responses, clicks, dead letters): create them with
+    # their partition counts first, or a first produce auto-creates them with the broker's default.
+    ensure_topics(s, b)
     q_topic, r_topic, c_topic = fresh_topic("fuzz-queries"), fresh_topic("fuzz-responses"), fresh_topic("fuzz-clicks")
     topic_of = {QueryEvent: q_topic, ResponseEvent: r_topic, ClickEvent: c_topic}
     run = uuid.uuid4().hex[:8]
