@@ -26,7 +26,6 @@ interpreter exit, and through the services' SIGTERM path, which exits normally) 
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import time
@@ -176,13 +175,12 @@ class VLLMAdLLM:
         self._full: dict[str, Path] = {}  # version -> folder
         self._next_lora_id = 1
         self._engine_version = config.base_version
-        self._engine = None
         _exit_on_sigterm()
         self._engine = self._open(Path(config.model_path))
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "generated_tokens": 0}
-        # Stop the engine's processes at interpreter exit even if nobody calls close().
+        # Stops the engine's processes when the backend is collected or, at the latest, at
+        # interpreter exit (weakref.finalize runs at exit), even if nobody calls close().
         self._finalizer = weakref.finalize(self, VLLMAdLLM._finalize, [self._engine])
-        atexit.register(self._finalizer)
 
     def _dtype(self) -> str:
         if self.config.dtype != "auto":
