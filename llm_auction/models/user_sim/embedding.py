@@ -166,9 +166,8 @@ class EmbeddingUserSimulator:
         """Features and exact click probabilities of every exposed ad, for many scenes at once.
 
         One encoder call for the batch's distinct texts, then one gather that gives each scene its
-        texts in consecutive rows (``_scene_texts``): _score reads its profile and ad matrices as
-        slices, where it used to gather them itself (fancy indexing, 2 us per matrix). A scene
-        without exposed ads is not analyzed: it has nothing to score.
+        texts in consecutive rows (``_scene_texts``), so _score reads its profile and ad matrices as
+        slices. A scene without exposed ads is not analyzed: it has nothing to score.
         """
         cfg = self.config
         texts: list[str] = []

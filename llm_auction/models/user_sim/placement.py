@@ -28,12 +28,10 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?\n])\s+")
 _LEAK = re.compile(
     r"\b(?:ads?|advert\w*|sponsor\w*|bids?|bidding|insert(?:ed|ing|ion)?|ad[ _-]?ids?|candidate ads?)\b", re.IGNORECASE
 )
-# Every _LEAK match contains one of these, case aside. On an ASCII text, where ignoring case is just
-# lower(), their absence rules a leak out for 0.4 us instead of the regex's 5 us on a 90-character
-# answer (13 us on 260): a case-insensitive pattern that opens with \b gives the regex engine no
-# first characters to skip ahead to, so it tries every position. Non-ASCII text goes to the regex,
-# whose case folding has non-ASCII equivalents (U+017F for s, U+0131 for i). A long answer usually
-# holds "ad" somewhere ("read", "made") and pays for the regex as before.
+# Every _LEAK match contains one of these, case aside: on an ASCII text (where ignoring case is just
+# lower()) their absence rules a leak out without running the regex, which must try every position.
+# Non-ASCII text goes to the regex, whose case folding has non-ASCII equivalents (U+017F for s,
+# U+0131 for i). Measurements: docs/benchmarks.md.
 _LEAK_STEMS = ("ad", "bid", "sponsor", "insert")
 
 
@@ -98,8 +96,7 @@ def analyze(text: str, exposed_ids: Sequence[str], window_chars: int = 240, trai
     does not need: the squashed text is built once, a test that needs only "is there a word" searches
     in place instead of slicing and listing words, and the sentence split that measures leak text
     runs only when the answer has a leak word at all (a sentence holds a match only if the whole
-    text does). Measured on the pipeline benchmark's one-ad answers: 28 us instead of 45 (of which
-    ``parse_ads`` takes 6); 70 instead of 87 on longer multi-ad answers.
+    text does). Measurements: docs/benchmarks.md.
     """
     mentions = parse_ads(text)
     spans = [(m.start, m.end) for m in mentions]
