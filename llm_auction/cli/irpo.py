@@ -13,9 +13,11 @@ import json
 import tempfile
 from pathlib import Path
 
+from llm_auction.cli.args import add_out
+
 MERGE_HELP = ("sample from a LoRA version with its adapter merged into the base weights (a scratch full model); "
               "default: on for vLLM on a CPU, where it served adapters ~6x slower than the base")
-REGISTRY_HELP = "registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)"
+REGISTRY_DEFAULT = "LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, default=None, help="torch threads during DPO")
     r.add_argument("--seed", type=int, default=0, help="bid, sampling and trainer seed")
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap to announce on (default: LLMA_KAFKA_BOOTSTRAP; unset: not announced)")
-    r.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    add_out(r, "registry root", REGISTRY_DEFAULT)
     r.set_defaults(handler=_run_epoch)
 
     e = cmds.add_parser(
@@ -93,23 +95,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
     e.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit")
     e.add_argument("--seed", type=int, default=1000, help="bid and sampling seed (keep it apart from the epochs' seeds)")
-    e.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    add_out(e, "registry root", REGISTRY_DEFAULT)
     e.set_defaults(handler=_evaluate)
     p.set_defaults(handler=lambda args: p.print_help() or 0)
 
     q = sub.add_parser("policy", help="list / show / announce published policy versions; rollout / promote / rollback", description="Published Ad-LLM policy versions (the registry's policy kind).")
     pc = q.add_subparsers(dest="policy_command", metavar="ACTION")
     ls = pc.add_parser("list", help="versions, oldest first, as JSON lines")
-    ls.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    add_out(ls, "registry root", REGISTRY_DEFAULT)
     ls.set_defaults(handler=_list)
     sh = pc.add_parser("show", help="one version's manifest as JSON")
     sh.add_argument("version", help="like policy-0001")
-    sh.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    add_out(sh, "registry root", REGISTRY_DEFAULT)
     sh.set_defaults(handler=_show)
     an = pc.add_parser("announce", help="announce a version on auction.policy-versions (once; a repeat is a no-op)")
     an.add_argument("version", help="like policy-0001")
     an.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: LLMA_KAFKA_BOOTSTRAP)")
-    an.add_argument("--out", type=Path, default=None, help=REGISTRY_HELP)
+    add_out(an, "registry root", REGISTRY_DEFAULT)
     an.set_defaults(handler=_announce)
     from llm_auction.cli.policy import register_rollout  # rollout / promote / rollback (docs/rollout.md)
 
