@@ -8,6 +8,7 @@ environment is read only by the handler.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 ENCODER_CACHE_DEFAULT = "<LLMA_DATA_DIR>/pctr/encoder-cache.npz"
@@ -30,3 +31,26 @@ def add_encoder(p: argparse.ArgumentParser, default: str = "the bundled all-Mini
     """``--encoder DIR`` (a sentence-transformers folder) and ``--embedding-cache FILE`` (its .npz cache)."""
     p.add_argument("--encoder", type=Path, default=None, help=f"sentence-transformers folder (default: {default})")
     p.add_argument("--embedding-cache", type=Path, default=None, help=f"encoder cache .npz{cache_use} (default: {ENCODER_CACHE_DEFAULT})")
+
+
+def registry_root(args) -> Path:
+    """The model registry a command works on: its ``--out``, else ``LLMA_REGISTRY_DIR``, else
+    ``<LLMA_DATA_DIR>/registry``."""
+    from llm_auction.schemas.settings import get_settings
+
+    return getattr(args, "out", None) or get_settings().resolved_registry_dir()
+
+
+def load_encoder(path: str | Path | None = None):
+    """One TextEncoder per model folder and process: loading MiniLM costs seconds, and its
+    content-hash cache is worth keeping between commands run in one process (tests, notebooks)."""
+    from llm_auction.models.encoder import default_encoder_path
+
+    return _load_encoder(str(Path(path or default_encoder_path()).resolve()))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(path: str):
+    from llm_auction.models.encoder import TextEncoder
+
+    return TextEncoder(path)

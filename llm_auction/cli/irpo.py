@@ -127,7 +127,7 @@ def default_backend() -> str:
 
 
 def _registry(args, kind: str = "policy"):
-    from llm_auction.cli.pctr import registry_root
+    from llm_auction.cli.args import registry_root
     from llm_auction.trainer.registry import ModelRegistry
 
     return ModelRegistry(registry_root(args), kind)
@@ -159,7 +159,7 @@ def _announcer(registry, bootstrap: str | None):
 
 def _run_epoch(args) -> int:
     from llm_auction.cli import CliError
-    from llm_auction.cli.pctr import load_encoder
+    from llm_auction.cli.args import load_encoder
     from llm_auction.models.adllm import SamplingConfig
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.producers.world import World
@@ -260,7 +260,7 @@ def _load_version(backend, version: str, registry, model, merge: bool | None, sc
 
 def _evaluate(args) -> int:
     from llm_auction.cli import CliError
-    from llm_auction.cli.pctr import load_encoder
+    from llm_auction.cli.args import load_encoder
     from llm_auction.models.adllm import SamplingConfig
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.producers.world import World

@@ -9,12 +9,11 @@ runs), so the reported AUC is the served model's, not the torch copy's.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from datetime import datetime
 from pathlib import Path
 
-from llm_auction.cli.args import add_encoder, add_out, add_seed
+from llm_auction.cli.args import add_encoder, add_out, add_seed, load_encoder, registry_root
 
 REGISTRY_DEFAULT = "LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry"
 
@@ -83,15 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=lambda args: p.print_help() or 0)
 
 
-def registry_root(args) -> Path:
-    from llm_auction.schemas.settings import get_settings
-
-    s = get_settings()
-    if getattr(args, "out", None):
-        return args.out
-    return s.registry_dir or s.data_dir / "registry"
-
-
 def read_impressions(path: Path):
     import pandas as pd
 
@@ -122,21 +112,6 @@ def write_impressions(df, path: Path) -> None:
         df.to_csv(path, index=False)
     else:
         raise CliError(f"{path}: unknown impressions format {suffix!r} (use .parquet, .jsonl or .csv)")
-
-
-def load_encoder(path: str | Path | None = None):
-    """One TextEncoder per model folder and process: loading MiniLM costs seconds, and its
-    content-hash cache is worth keeping between commands run in one process (tests, notebooks)."""
-    from llm_auction.models.encoder import default_encoder_path
-
-    return _load_encoder(str(Path(path or default_encoder_path()).resolve()))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_encoder(path: str):
-    from llm_auction.models.encoder import TextEncoder
-
-    return TextEncoder(path)
 
 
 def _encoder(args, settings):

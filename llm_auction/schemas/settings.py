@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         except ValidationError as e:
             raise SettingsError(describe_validation_error(e)) from None
 
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir or self.data_dir / "registry"
+
     def resolved_stream_clickhouse_url(self) -> str:
         return self.stream_clickhouse_url or self.resolved_clickhouse_url()
 

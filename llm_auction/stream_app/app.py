@@ -103,7 +103,7 @@ def create_app(
         client = get_client(clickhouse_url or s.resolved_stream_clickhouse_url())
     migrate(client)
     store = StreamStore(client, app_id)
-    registry = ModelRegistry(Path(registry_dir) if registry_dir else (s.registry_dir or s.data_dir / "registry"), "pctr")
+    registry = ModelRegistry(Path(registry_dir) if registry_dir else s.resolved_registry_dir(), "pctr")
     retrainer = Retrainer(s, store, registry, pctr_config, encoder, s.data_dir / "pctr" / "encoder-cache.npz")
 
     app = faust.App(
