@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
     r.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
     r.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
+    r.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8, the weight of the ad-count and format-error penalty (the paper: 1)")
     r.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
     r.add_argument("--batch-size", type=int, default=None, help="pairs per DPO step (default: the preset's)")
     r.add_argument("--dpo-epochs", type=float, default=None, help="passes over the pairs (default: the preset's)")
@@ -95,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
     e.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit")
     e.add_argument("--seed", type=int, default=1000, help="bid and sampling seed (keep it apart from the epochs' seeds)")
+    e.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8 for the reported reward (revenue does not depend on it)")
     add_out(e, "registry root", REGISTRY_DEFAULT)
     e.set_defaults(handler=_evaluate)
     p.set_defaults(handler=lambda args: p.print_help() or 0)
@@ -171,7 +173,7 @@ def _run_epoch(args) -> int:
     k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
     fields = dict(
         queries=args.queries, query_offset=args.offset, samples_per_query=args.samples, oracle=args.oracle, backend=args.backend,
-        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th,
+        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, lam=args.lam,
         threads=args.threads, bid_seed=args.seed, sample_seed=args.seed, dpo_seed=args.seed,
     )
     given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16}
@@ -276,7 +278,7 @@ def _evaluate(args) -> int:
     registry = _registry(args)
     versions = [v for v in (args.policy, args.baseline) if v is not None]
     world = World(args.world or s.data_dir / "world")
-    cfg = IRPOConfig(queries=args.queries, split="test", bid_seed=args.seed, candidates_k=k, max_new_tokens=args.max_new_tokens)
+    cfg = IRPOConfig(queries=args.queries, split="test", bid_seed=args.seed, candidates_k=k, max_new_tokens=args.max_new_tokens, lam=args.lam)
     encoder = load_encoder()
     pctr, pctr_version = _reward(args, s, encoder, args.oracle)
     queries = irpo.narrow(irpo.build_offline_set(world, cfg, irpo.epoch_bid_seed(cfg, "evaluate")), candidate_picker(k, encoder))
@@ -287,10 +289,10 @@ def _evaluate(args) -> int:
             for v in versions:
                 if v != "base":
                     _load_version(backend, v, registry, model, args.merge_lora, Path(scratch))
-            frames = {v: irpo.evaluate_policy(backend, queries, v if v != "base" else backend.config.base_version, pctr, m=args.samples) for v in versions}
+            frames = {v: irpo.evaluate_policy(backend, queries, v if v != "base" else backend.config.base_version, pctr, m=args.samples, lam=cfg.lam) for v in versions}
     finally:
         backend.close()
-    report = {"queries": len(queries), "samples": args.samples, "pctr_version": pctr_version, "candidates_k": k, "seed": args.seed,
+    report = {"queries": len(queries), "samples": args.samples, "pctr_version": pctr_version, "candidates_k": k, "seed": args.seed, "lam": cfg.lam,
               "policies": {v: irpo.evaluation_summary(f) for v, f in frames.items()}}
     if args.baseline is not None:
         report["difference"] = irpo.paired_difference(frames[args.policy], frames[args.baseline])

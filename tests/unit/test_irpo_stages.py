@@ -76,6 +76,18 @@ def test_score_samples_is_eq8_with_batched_pctr():
         assert json.loads(row.pctr) == {ad: 0.2 for ad in alloc.exposed}
         assert json.loads(row.bids) == q.bids()
     assert df["reward"].tolist() == pytest.approx([10 * 0.2 - 10, (10 + 50) * 0.2 - 40, 0.0, -500.0])
+    # lambda weighs only the penalty: revenue minus lam * (10 N^2 + 500 * error)
+    low = score_samples([q], [texts], fake_pctr, lam=0.25)
+    assert low["reward"].tolist() == pytest.approx([2 - 2.5, 12 - 10, 0.0, -125.0])
+
+
+def test_cli_passes_lambda_to_the_epoch_and_the_evaluation():
+    from llm_auction.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["irpo", "run-epoch"]).lam == 1.0  # the paper's Eq. 8 by default
+    assert p.parse_args(["irpo", "run-epoch", "--lam", "0.25"]).lam == 0.25
+    assert p.parse_args(["irpo", "evaluate", "--policy", "base", "--lam", "0.5"]).lam == 0.5
 
 
 def test_config_validates_with_clear_messages():
