@@ -5,6 +5,12 @@ reward per query, format errors; with rollouts, each version's share of users an
 plus the last rollout decisions and the last minutes of revenue; ``--once --json`` prints one
 snapshot for scripts. The report writes PNG plots and a markdown summary.
 
+With a broker configured (``LLMA_KAFKA_BOOTSTRAP``) the monitor also shows each consumer group's
+lag per topic: records written and not yet committed, from the group's committed offsets and the
+partitions' true ends (:mod:`llm_auction.infra.lag`). A service slower than its input shows a lag
+that grows from one refresh to the next (back-pressure: Kafka holds the backlog, nothing is
+dropped); a service that caught up shows 0.
+
 Shares and states come from the rollout decisions recorded in ClickHouse
 (``llm_auction.rollout_decisions``, migration 0007; docs/rollout.md), read like the metrics: the
 latest decision is the routing in force. A person's ``llm-auction policy`` decision appears once
@@ -20,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from llm_auction.cli.args import add_out
+from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
 
 POLICY_COLUMNS = [
     ("policy_version", "policy", "{}"),
@@ -48,6 +55,16 @@ DECISION_TEXT = frozenset({"version", "state", "stable_version", "arms", "decide
 # decision about it rolled back), "retired" (no longer served: a former stable, or a candidate
 # replaced before any decision).
 SERVING = ("canary", "paused")
+LAG_COLUMNS = [
+    ("group", "group", "{}"),
+    ("topic", "topic", "{}"),
+    ("committed", "committed", "{:d}"),
+    ("end", "end", "{:d}"),
+    ("lag", "lag", "{:d}"),
+]
+# The services' groups and the topics they read (consumers/build.py), shown even before their first
+# commit, when a service that is behind from the start has none; other groups come from the broker.
+SERVICE_GROUPS = {"llma-responder": (QUERIES,), "llma-user-sim": (RESPONSES,), "llma-sink": (QUERIES, RESPONSES, CLICKS)}
 REASON_CHARS = 70  # the table's reason column; --json has it whole
 MINUTE_COLUMNS = [
     ("minute", "minute", "{}"),
@@ -69,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default 5)")
     p.add_argument("--minutes", type=int, default=10, help="how many recent minutes to show (default 10)")
     p.add_argument("--decisions", type=int, default=5, help="how many recent rollout decisions to show (default 5)")
+    p.add_argument("--no-lag", action="store_true", help="do not read consumer lag from the broker (shown by default when LLMA_KAFKA_BOOTSTRAP is set)")
     p.set_defaults(handler=_monitor)
 
     p = sub.add_parser("report", help="write PNG plots and a markdown summary of the warehouse", description="Write revenue-per-minute and CTR plots per policy version (PNG) and summary.md to --out.")
@@ -181,7 +199,45 @@ def render_snapshot(snap: dict) -> str:
         parts += ["", "last rollout decisions (newest first)", render_table(rows, DECISION_COLUMNS, left=DECISION_TEXT)]
     if snap["per_minute"]:
         parts += ["", "revenue per minute", render_table(snap["per_minute"], MINUTE_COLUMNS)]
+    if snap.get("lag") is not None:
+        parts += ["", "consumer lag (records written, not yet committed by the group)", render_table(snap["lag"], LAG_COLUMNS, left=frozenset({"topic"}))]
+    elif snap.get("lag_error"):
+        parts += ["", f"consumer lag: {snap['lag_error']}"]
     return "\n".join(parts)
+
+
+class _Lag:
+    """Consumer lag for the monitor: one reader kept across refreshes; a broker that cannot be
+    reached gives a one-line reason in the snapshot instead of ending the monitor."""
+
+    def __init__(self, enabled: bool):
+        from llm_auction.schemas.settings import get_settings
+
+        self.settings = get_settings()
+        self.reader = None
+        self.off = None if enabled and self.settings.kafka_bootstrap else ("turned off (--no-lag)" if not enabled else "LLMA_KAFKA_BOOTSTRAP is not set (the local broker lives inside the process that started it)")
+
+    def add_to(self, snap: dict) -> dict:
+        if self.off:
+            snap["lag"], snap["lag_error"] = None, self.off
+            return snap
+        from llm_auction.infra.lag import LagReader
+
+        try:
+            if self.reader is None:
+                self.reader = LagReader(self.settings)
+            snap["lag"] = [r.as_dict() for r in self.reader.all_lag(SERVICE_GROUPS)]
+        except Exception as e:  # noqa: BLE001 - the monitor keeps showing the warehouse; the next refresh retries
+            self.close()
+            snap["lag"], snap["lag_error"] = None, f"not read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return snap
+
+    def close(self) -> None:
+        if self.reader is not None:
+            try:
+                self.reader.close()
+            finally:
+                self.reader = None
 
 
 def _client():
@@ -196,13 +252,17 @@ def _client():
 
 def _monitor(args) -> int:
     client = _client()
-    if args.once:
-        snap = snapshot(client, args.minutes, args.decisions)
-        print(json.dumps(snap, default=str, indent=2) if args.json else render_snapshot(snap))
-        return 0
-    while True:
-        print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + render_snapshot(snapshot(client, args.minutes, args.decisions)), flush=True)
-        time.sleep(args.interval)
+    lag = _Lag(not args.no_lag)
+    try:
+        if args.once:
+            snap = lag.add_to(snapshot(client, args.minutes, args.decisions))
+            print(json.dumps(snap, default=str, indent=2) if args.json else render_snapshot(snap))
+            return 0
+        while True:
+            print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + render_snapshot(lag.add_to(snapshot(client, args.minutes, args.decisions))), flush=True)
+            time.sleep(args.interval)
+    finally:
+        lag.close()
 
 
 def write_report(client, out: Path) -> Path:
