@@ -7,6 +7,12 @@ writer and the reader.
 
 A version folder holds its files and ``manifest.json``, whose ``file_sha256`` maps every file's
 name (relative, posix) to its sha256 and whose ``sha256`` is :func:`folder_sha256` over that map.
+
+A folder holding a pickle file (``.bin``, ``.pt``, ...) is refused even when its hashes match: a
+hash proves the bytes are the published ones, not that loading them is safe, and a pickle runs
+code when loaded (PEFT and transformers fall back to ``adapter_model.bin`` / ``pytorch_model.bin``
+when no safetensors file is there). The registry refuses them at publication; this refuses a
+folder that was written by other means.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# Files that are (or may be) Python pickles: never loaded from a published version.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class ArtifactMismatch(ValueError):
@@ -57,7 +65,8 @@ def folder_files(folder: Path) -> dict[str, Path]:
 def verify_folder(folder: str | Path, expected_sha256: str | None = None) -> str:
     """Check every file of a published version folder against its manifest; return the folder hash.
 
-    Refused (:class:`ArtifactMismatch`) when the manifest is missing or unreadable, a file is
+    Refused (:class:`ArtifactMismatch`) when the folder holds a pickle file (``PICKLE_SUFFIXES``,
+    whatever its hash), when the manifest is missing or unreadable, a file is
     missing, extra, or has another sha256 than ``file_sha256`` says, when the manifest's own
     ``sha256`` is not the hash over those files, or when ``expected_sha256`` (the announced
     one) differs. Every byte is read: the check costs one pass over the folder.
@@ -70,6 +79,9 @@ def verify_folder(folder: str | Path, expected_sha256: str | None = None) -> str
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ArtifactMismatch(f"{folder}: no readable {MANIFEST} with file_sha256 and sha256 ({type(e).__name__}: {e})") from None
     found = folder_files(folder)
+    pickles = sorted(n for n in found if n.lower().endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ArtifactMismatch(f"{folder}: pickle files are not loaded (safetensors and ONNX only): {pickles}")
     missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
     if missing or extra:
         raise ArtifactMismatch(f"{folder}: files differ from the manifest (missing {missing}, unlisted {extra})")
@@ -85,4 +97,4 @@ def verify_folder(folder: str | Path, expected_sha256: str | None = None) -> str
     return digest
 
 
-__all__ = ["MANIFEST", "ArtifactMismatch", "folder_files", "folder_sha256", "sha256_file", "verify_folder"]
+__all__ = ["MANIFEST", "PICKLE_SUFFIXES", "ArtifactMismatch", "folder_files", "folder_sha256", "sha256_file", "verify_folder"]

@@ -47,6 +47,52 @@ class OnnxMismatchError(ValueError):
     """onnxruntime's outputs differ from torch's beyond tolerance; the export is not usable."""
 
 
+class ArtifactMismatchError(ValueError):
+    """An ONNX file (or its sidecar) whose sha256 is not the published one: truncated, altered or
+    replaced after publication. The scorer refuses it; the message names the file and both hashes."""
+
+
+def _sha256_file(path: Path) -> str:
+    # Models may not import infra (import-linter layers), where the registry's own hash lives
+    # (infra/artifacts.sha256_file); this is the same plain sha256 of the bytes.
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_published(onnx_path: str | Path, expected_sha256: str | None = None) -> str:
+    """Check an ONNX pCTR file before it is loaded; return its sha256.
+
+    Refused (:class:`ArtifactMismatchError`) when its sha256 differs from ``expected_sha256`` (the
+    one a ``PctrVersion`` event announced) or, in a registry version folder (a ``manifest.json``
+    beside it), from the manifest's ``sha256`` (a pCTR version's identity is its ONNX file's hash)
+    or ``file_sha256`` entry, or when the sidecar's differs from its ``file_sha256`` entry. A file
+    outside a registry with no expected hash is only hashed.
+    """
+    path = Path(onnx_path)
+    actual = _sha256_file(path)
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ArtifactMismatchError(f"pctr: {path} has sha256 {actual}, not the announced {expected_sha256}: refused")
+    manifest = path.parent / "manifest.json"
+    if manifest.exists():
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            listed = dict(m.get("file_sha256") or {})
+        except (OSError, ValueError, TypeError) as e:
+            raise ArtifactMismatchError(f"pctr: {manifest} is unreadable ({type(e).__name__}): {path} refused") from None
+        want = listed.get(path.name) or (m.get("sha256") if m.get("artifact") == path.name else None)
+        if want is not None and actual != want:
+            raise ArtifactMismatchError(f"pctr: {path} has sha256 {actual}, the registry published {want}: refused")
+        side = sidecar_path(path)
+        if side.name in listed and side.exists() and _sha256_file(side) != listed[side.name]:
+            raise ArtifactMismatchError(f"pctr: sidecar {side} differs from the published one (sha256): {path} refused")
+    return actual
+
+
 class IdHasher:
     """Stable id -> bucket map: ``1 + stable_hash(salt, id) % (n_buckets - 1)``, and 0 for empty ids.
 
@@ -290,15 +336,21 @@ class PctrScorer:
     ``llm_auction.auction.reward(allocation, bids, pctr=...)`` consumes. The text encoder is
     loaded lazily (from the sidecar's path, else the bundled MiniLM) unless one is passed in,
     so a process that only calls :meth:`score_rows` with cached embeddings never loads it.
+    The ONNX file is checked first (:func:`verify_published`): against ``expected_sha256`` when
+    given, and against the registry manifest beside it; a mismatch raises
+    :class:`ArtifactMismatchError` and nothing is loaded.
     """
 
-    def __init__(self, onnx_path: str | Path, encoder: Any | None = None, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, encoder: Any | None = None, providers: Sequence[str] | None = None, threads: int | None = None, expected_sha256: str | None = None):
         self.path = Path(onnx_path)
         side = sidecar_path(self.path)
         if not self.path.exists():
             raise FileNotFoundError(f"pctr: no ONNX model at {self.path}")
         if not side.exists():
             raise FileNotFoundError(f"pctr: no sidecar config at {side} (export with llm_auction.models.pctr.export_onnx)")
+        # Before onnxruntime reads a byte: a truncated or altered file is refused by hash, not by
+        # whatever a damaged graph happens to do (see verify_published).
+        self.sha256 = verify_published(self.path, expected_sha256)
         self.config = json.loads(side.read_text(encoding="utf-8"))
         if self.config.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"{side}: not a pCTR sidecar (format={self.config.get('format')!r})")
