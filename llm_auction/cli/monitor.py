@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-lag", action="store_true", help="do not read consumer lag from the broker (shown by default when LLMA_KAFKA_BOOTSTRAP is set)")
     p.set_defaults(handler=_monitor)
 
-    p = sub.add_parser("report", help="write PNG plots and a markdown summary of the warehouse", description="Write revenue-per-minute and CTR plots per policy version (PNG) and summary.md to --out.")
+    p = sub.add_parser("report", help="write PNG plots and a markdown summary of the warehouse", description="Write revenue-per-minute and CTR plots per policy version (PNG, the rollout decisions marked) and summary.md to --out.")
     add_out(p, "output folder")
     p.set_defaults(handler=_report)
 
@@ -277,15 +277,21 @@ def write_report(client, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     minutes = warehouse.revenue_per_minute(client)
     policies = warehouse.revenue_by_policy(client)
+    decisions = warehouse.rollout_decisions(client)
     versions = sorted({m["policy_version"] for m in minutes})
     for metric, fname, ylabel in (("revenue", "revenue_per_minute.png", "revenue per minute"), ("ctr", "ctr_per_minute.png", "CTR")):
         fig, ax = plt.subplots(figsize=(8, 4))
         for v in versions:
             pts = [(m["minute"], m[metric]) for m in minutes if m["policy_version"] == v]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
+        for d in decisions:  # the rollout decisions, marked where they were taken
+            color = {"promoted": "tab:green", "rolled_back": "tab:red"}.get(d["state"], "tab:gray")
+            ax.axvline(d["decided_at"], color=color, linestyle="--", linewidth=1)
+            ax.annotate(f"{d['state']} {d['candidate_version'] or d['stable_version']}", (d["decided_at"], 1.0), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color=color)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("minute (UTC)")
-        stamps = [m["minute"] for m in minutes]
+        stamps = [m["minute"] for m in minutes] + [d["decided_at"] for d in decisions]
         if stamps:  # a short run would otherwise auto-scale the axis to years
             span_min = int((max(stamps) - min(stamps)).total_seconds() // 60) + 2
             ax.xaxis.set_major_locator(mdates.MinuteLocator(interval=max(1, span_min // 8)))

@@ -103,11 +103,12 @@ def sink_service(settings: Settings, bootstrap: str, producer, client, stop: thr
     return _service(settings, bootstrap, cfg, SinkHandler(client), producer, stop)
 
 
-def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator, client, pick=None) -> LocalLoop:
-    """Responder, user simulator and sink for one process, sharing one stop event."""
+def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator, client, pick=None, control: ControlFollower | None = None) -> LocalLoop:
+    """Responder, user simulator and sink for one process, sharing one stop event; ``control``
+    (a started :func:`responder_control`) makes the responder follow the control topics."""
     stop = threading.Event()
     return LocalLoop(
-        responder_service(settings, bootstrap, producer, backend, pick, stop),
+        responder_service(settings, bootstrap, producer, backend, pick, stop, control=control),
         user_sim_service(settings, bootstrap, producer, simulator, stop),
         sink_service(settings, bootstrap, producer, client, stop),
         stop,

@@ -64,6 +64,7 @@ class ControlFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.caught_up = threading.Event()  # set once a poll found nothing more to read
+        self.rollouts_read: set[str] = set()  # event ids of the rollout events read (see wait_read)
         self.error: BaseException | None = None
 
     # -- the follower thread -------------------------------------------------------------------
@@ -117,6 +118,7 @@ class ControlFollower:
             return
         if isinstance(event, RolloutEvent):
             self._inbox.put(("rollout", event))
+            self.rollouts_read.add(event.event_id)
             return
         if self._seen_versions.get(event.version, "-") == event.sha256:
             return  # the same version announced again (a retried announcement): nothing new
@@ -127,6 +129,19 @@ class ControlFollower:
             self._inbox.put(("refused", (event, f"policy version {event.version} refused: {e}")))
             return
         self._inbox.put(("verified", event))
+
+    def wait_read(self, rollout_event_id: str, timeout_s: float = 30.0) -> bool:
+        """Wait until the follower read the rollout event ``rollout_event_id`` (it applies at the
+        responder's next batch); False on timeout. For a caller that just sent a decision and is
+        about to send traffic that the decision should route (``llm-auction loop``)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while rollout_event_id not in self.rollouts_read:
+            if time.monotonic() > deadline or self.error is not None:
+                return False
+            time.sleep(0.05)
+        return True
 
     # -- the responder's thread ----------------------------------------------------------------
     def apply_pending(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,17 @@ def is_drained(n_queries: int, responder: Mapping[str, float], user_sim: Mapping
         and user_sim["consumed"] >= responder["produced"]
         and sink["consumed"] >= n_queries + responder["produced"] + user_sim["produced"] + extra_sink_events
     )
+
+
+class _Since:
+    """A service's counters counted from a baseline (what ``wait_drained`` reads: ``.stats``)."""
+
+    def __init__(self, service: StreamService, base: Mapping[str, float]):
+        self.service, self.base = service, base
+
+    @property
+    def stats(self) -> Counter:
+        return Counter({k: v - self.base.get(k, 0) for k, v in self.service.stats.items()})
 
 
 @dataclass
@@ -63,9 +75,15 @@ class LocalLoop:
             if progress is not None:
                 bar.update(progress() - bar.n)
 
-    def wait_drained(self, n_queries: int, extra_sink_events: int = 0, timeout_s: float = 900, show_progress: bool = False) -> None:
-        """Block until ``n_queries`` were answered, their clicks decided, and everything stored."""
-        r, u, k = self.responder, self.user_sim, self.sink
+    def baseline(self) -> tuple[dict, dict, dict]:
+        """The services' counters now, for :meth:`wait_drained` ``since=`` (a run that replays more than once)."""
+        return tuple(dict(svc.stats) for svc in self.services)  # type: ignore[return-value]
+
+    def wait_drained(self, n_queries: int, extra_sink_events: int = 0, timeout_s: float = 900, show_progress: bool = False,
+                     since: tuple[dict, dict, dict] | None = None) -> None:
+        """Block until ``n_queries`` were answered, their clicks decided, and everything stored;
+        with ``since`` (a :meth:`baseline` taken before the replay), counting from it."""
+        r, u, k = (_Since(svc, base) for svc, base in zip(self.services, since)) if since else self.services
         self._wait(lambda: r.stats["produced"] + r.stats["dead_lettered"] >= n_queries, timeout_s, "answering", lambda: r.stats["produced"], n_queries, show_progress)
         self._wait(lambda: u.stats["consumed"] >= r.stats["produced"], 120, "click decisions")
         self._wait(lambda: is_drained(n_queries, r.stats, u.stats, k.stats, extra_sink_events), 120, "the warehouse sink")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from llm_auction.auction.reward import AD_COUNT_PENALTY, FORMAT_ERROR_PENALTY
 from llm_auction.infra.clickhouse import describe_error
 from llm_auction.infra.ddl import DATABASE
 from llm_auction.logs import log_event
@@ -284,6 +285,43 @@ def revenue_by_policy(client) -> list[dict]:
     """One dict per policy version: queries, exposures, clicks, revenue, revenue_per_query,
     ads_per_answer, format_error_rate, ctr (a ratio over zero is None)."""
     return _rows(client, f"SELECT * FROM {DATABASE}.revenue_by_policy ORDER BY policy_version", "read revenue_by_policy")
+
+
+POLICY_METRICS_SQL = f"""
+SELECT r.policy_version AS policy_version, count() AS queries,
+       sum(c.revenue) / count() AS revenue_per_query,
+       avg(toFloat64(c.revenue) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error) AS reward_per_query,
+       sum(c.clicks) / nullIf(sum(r.n_ads), 0) AS ctr,
+       avg(r.n_ads) AS ads_per_answer,
+       avg(r.format_error) AS format_error_rate
+FROM
+(
+    SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
+    FROM {DATABASE}.responses FINAL
+    WHERE multiSearchAny(query_id, {{tags:Array(String)}})
+) AS r
+LEFT JOIN
+(
+    SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks
+    FROM {DATABASE}.clicks FINAL
+    WHERE multiSearchAny(query_id, {{tags:Array(String)}})
+    GROUP BY query_id, policy_version
+) AS c
+ON r.query_id = c.query_id AND r.policy_version = c.policy_version
+GROUP BY r.policy_version
+ORDER BY r.policy_version
+"""
+
+
+def policy_metrics(client, run_ids: Sequence[str]) -> dict[str, dict]:
+    """Per policy version, over the answers to the replays ``run_ids`` (a replay's query ids hold
+    ``.<run_id>.``): queries, revenue_per_query, reward_per_query (Eq. 8 with the observed clicks:
+    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), ctr (clicks per exposed
+    ad), ads_per_answer, format_error_rate."""
+    if not run_ids:
+        return {}
+    params = {"tags": [f".{r}." for r in run_ids]}
+    return {r.pop("policy_version"): r for r in _rows(client, POLICY_METRICS_SQL, "read policy metrics", params)}
 
 
 def revenue_per_minute(client, since: datetime | None = None) -> list[dict]:
