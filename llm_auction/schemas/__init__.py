@@ -11,6 +11,7 @@ from .events import (
     CandidateAd,
     ClickEvent,
     DeadLetter,
+    EpochRequest,
     Event,
     PctrVersion,
     PolicyVersion,
@@ -22,6 +23,6 @@ from .events import (
 
 __all__ = [
     "SCHEMA_VERSION", "EVENT_TYPES", "SchemaError", "decode", "encode", "to_dict",
-    "Ad", "CandidateAd", "Candidates", "ClickEvent", "DeadLetter", "Event", "PctrVersion", "PolicyVersion",
+    "Ad", "CandidateAd", "Candidates", "ClickEvent", "DeadLetter", "EpochRequest", "Event", "PctrVersion", "PolicyVersion",
     "QueryEvent", "ResponseEvent", "RolloutEvent", "UserProfile",
 ]

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from .events import (
     ClickEvent,
     DeadLetter,
+    EpochRequest,
     PctrVersion,
     PolicyVersion,
     QueryEvent,
@@ -25,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 
 EVENT_TYPES: dict[str, type[BaseModel]] = {
     cls.__name__: cls
-    for cls in (QueryEvent, ResponseEvent, ClickEvent, PolicyVersion, PctrVersion, RolloutEvent, DeadLetter)
+    for cls in (QueryEvent, ResponseEvent, ClickEvent, PolicyVersion, PctrVersion, RolloutEvent, EpochRequest, DeadLetter)
 }
 
 

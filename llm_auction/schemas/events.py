@@ -17,7 +17,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from .ads import AdId, AdIdList, Ad, Bid, CandidateAd, NonEmpty, _Model
 from .candidates import Candidates
 
-__all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "ArmEvidence", "DeadLetter"]
+__all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "Event", "QueryEvent", "ResponseEvent", "ClickEvent", "PolicyVersion", "PctrVersion", "RolloutEvent", "ArmEvidence", "EpochRequest", "DeadLetter"]
 
 # 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid];
 # 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py), and a
@@ -270,6 +270,48 @@ class RolloutEvent(Event):
         """uuid5 of the decision: the same decision gives the same id (a restarted controller
         repeats no decision); a person's command passes a ``nonce`` so each command is its own."""
         return str(uuid.uuid5(uuid.UUID(_ROLLOUT_IDS), f"{stable}/{candidate or ''}/{state}/{share:.6f}/{nonce}"))
+
+
+_EPOCH_REQUEST_IDS = "3b9e1c52-7f0a-4e8d-a6c1-5d2f7b9e0a14"
+
+
+class EpochRequest(Event):
+    """The stream app asks for one IRPO epoch: train ``parent_version`` against ``pctr_version``.
+
+    Sent on ``auction.irpo-requests`` when a promoted pCTR version no epoch has used yet exists and
+    ``impressions_since_last`` impressions of the stable policy arrived since the last request
+    from that policy (``stream_app/irpo_trigger.py``); the trainer service
+    (``llm-auction serve trainer``) runs the epoch and announces the version it publishes.
+    ``parent_version`` is ``"base"`` for the base model. ``impressions_total`` is the parent's
+    impression count when the request was made (the next request's watermark); ``pctr_version``
+    the reward model to score with.
+
+    Identity: ``event_id`` is :meth:`request_id` of (parent, pCTR version), so a trigger sent
+    again is the same request, which the trainer serves once (the version's manifest records it).
+    """
+
+    parent_version: NonEmpty
+    pctr_version: NonEmpty
+    impressions_total: int = Field(ge=0)
+    impressions_since_last: int = Field(ge=0)
+    requested_by: str = ""
+
+    @staticmethod
+    def request_id(parent_version: str, pctr_version: str) -> str:
+        """uuid5 of (parent, pCTR version): at most one epoch per pair."""
+        return str(uuid.uuid5(uuid.UUID(_EPOCH_REQUEST_IDS), f"{parent_version}/{pctr_version}"))
+
+    @model_validator(mode="after")
+    def _derived_id(self) -> "EpochRequest":
+        want = self.request_id(self.parent_version, self.pctr_version)
+        if self.event_id != want:
+            raise ValueError(f"event_id: must be EpochRequest.request_id(parent_version, pctr_version) = {want}")
+        return self
+
+    @classmethod
+    def new(cls, parent_version: str, pctr_version: str, **fields: Any) -> "EpochRequest":
+        """A request with its derived id."""
+        return cls(event_id=cls.request_id(parent_version, pctr_version), parent_version=parent_version, pctr_version=pctr_version, **fields)
 
 
 class DeadLetter(Event):
