@@ -1,9 +1,11 @@
 """``llm-auction irpo run-epoch`` and ``llm-auction policy list|show|announce``: the learning leg.
 
-``run-epoch`` is a thin shell over :func:`llm_auction.trainer.irpo.run_epoch`: it opens the world,
-the serving backend with the responder's candidate narrowing, the reward (the promoted pCTR
-version through onnxruntime, or the user simulator's exact probabilities with ``--oracle``),
-runs one epoch from the current policy version and prints the new version's manifest as JSON.
+``run-epoch`` is a thin shell over :func:`llm_auction.trainer.epoch_setup.run_configured_epoch`
+(the assembly the trainer service uses too): it opens the world, the serving backend with the
+responder's candidate narrowing, the reward (the promoted pCTR version through onnxruntime, or the
+user simulator's exact probabilities with ``--oracle``), runs one epoch from the current policy
+version and prints the new version's manifest as JSON. :func:`add_epoch_arguments` and
+:func:`epoch_config` are the epoch's flags, shared with ``serve trainer``.
 """
 
 from __future__ import annotations
@@ -41,33 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "auction.policy-versions when a broker is configured. Prints the manifest as JSON."
         ),
     )
-    r.add_argument("--queries", type=int, default=32, help="queries in the offline set")
-    r.add_argument("--offset", type=int, default=0, help="first query of the split to use")
-    r.add_argument("--samples", type=int, default=5, help="M, answers sampled per query")
-    r.add_argument("--oracle", action="store_true", help="reward with the user simulator's exact click probabilities instead of pCTR")
+    add_epoch_arguments(r)
     r.add_argument("--policy", default=None, help="policy version to start from (default: the latest promoted one, else 'base')")
     r.add_argument("--pctr", default=None, help="pCTR version to score with (default: the latest promoted one)")
-    r.add_argument("--backend", choices=("transformers", "vllm"), default=default_backend(),
-                   help="serving backend that samples (vLLM where importable); it is closed before DPO starts")
-    r.add_argument("--model", type=Path, default=None, help="base model folder (default: LLMA_ADLLM_MODEL, else <LLMA_DATA_DIR>/models/smollm2)")
-    r.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None, help=MERGE_HELP)
-    r.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
-    r.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
-    r.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
-    r.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
-    r.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
-    r.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8, the weight of the ad-count and format-error penalty (the paper: 1)")
-    r.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
-    r.add_argument("--batch-size", type=int, default=None, help="pairs per DPO step (default: the preset's)")
-    r.add_argument("--dpo-epochs", type=float, default=None, help="passes over the pairs (default: the preset's)")
-    r.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = 2r (a fresh adapter only; default: the preset's)")
-    r.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only; default: the preset's)")
-    r.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast during DPO (default: the preset's)")
-    r.add_argument("--paper", action="store_true", help="start from IRPOConfig.paper() (GPU values: lr 1e-6, batch 64, bf16, all losers)")
-    r.add_argument("--threads", type=int, default=None, help="torch threads during DPO")
-    r.add_argument("--seed", type=int, default=0, help="bid, sampling and trainer seed")
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap to announce on (default: LLMA_KAFKA_BOOTSTRAP; unset: not announced)")
-    add_out(r, "registry root", REGISTRY_DEFAULT)
     r.set_defaults(handler=_run_epoch)
 
     e = cmds.add_parser(
@@ -121,6 +100,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(handler=lambda args: q.print_help() or 0)
 
 
+def add_epoch_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that configure an epoch, shared by ``irpo run-epoch`` and ``serve trainer`` (:func:`epoch_config`)."""
+    p.add_argument("--queries", type=int, default=32, help="queries in the offline set")
+    p.add_argument("--offset", type=int, default=0, help="first query of the split to use")
+    p.add_argument("--samples", type=int, default=5, help="M, answers sampled per query")
+    p.add_argument("--oracle", action="store_true", help="reward with the user simulator's exact click probabilities instead of pCTR")
+    p.add_argument("--backend", choices=("transformers", "vllm"), default=default_backend(),
+                   help="serving backend that samples (vLLM where importable); it is closed before DPO starts")
+    p.add_argument("--model", type=Path, default=None, help="base model folder (default: LLMA_ADLLM_MODEL, else <LLMA_DATA_DIR>/models/smollm2)")
+    p.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=None, help=MERGE_HELP)
+    p.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
+    p.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
+    p.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
+    p.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
+    p.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8, the weight of the ad-count and format-error penalty (the paper: 1)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per DPO step (default: the preset's)")
+    p.add_argument("--dpo-epochs", type=float, default=None, help="passes over the pairs (default: the preset's)")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = 2r (a fresh adapter only; default: the preset's)")
+    p.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only; default: the preset's)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast during DPO (default: the preset's)")
+    p.add_argument("--paper", action="store_true", help="start from IRPOConfig.paper() (GPU values: lr 1e-6, batch 64, bf16, all losers)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads during DPO")
+    p.add_argument("--seed", type=int, default=0, help="bid, sampling and trainer seed")
+    add_out(p, "registry root", REGISTRY_DEFAULT)
+
+
 def default_backend() -> str:
     """vLLM (the serving engine) where it is importable, else transformers."""
     import importlib.util
@@ -135,42 +142,12 @@ def _registry(args, kind: str = "policy"):
     return ModelRegistry(registry_root(args), kind)
 
 
-def _announcer(registry, bootstrap: str | None):
-    """A callable announcing a manifest on auction.policy-versions, or None without a broker."""
-    from llm_auction.schemas.settings import get_settings
-
-    s = get_settings()
-    bootstrap = bootstrap or s.kafka_bootstrap
-    if not bootstrap:
-        return None
-
-    def send(manifest) -> bool:
-        from llm_auction.infra.kafka import ensure_topics, make_producer
-        from llm_auction.schemas.topics import POLICY_VERSIONS
-        from llm_auction.trainer.irpo import announce
-
-        ensure_topics(s, bootstrap)
-        producer = make_producer(s, bootstrap)
-        try:
-            return announce(registry, manifest, producer, POLICY_VERSIONS)
-        finally:
-            producer.close()
-
-    return send
-
-
-def _run_epoch(args) -> int:
-    from llm_auction.cli import CliError
-    from llm_auction.cli.args import load_encoder
-    from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.retrieval import candidate_picker
-    from llm_auction.producers.world import World
-    from llm_auction.schemas.settings import get_settings
-    from llm_auction.trainer import irpo
+def epoch_config(args, settings):
+    """The epoch's ``IRPOConfig`` from :func:`add_epoch_arguments`' flags: the preset (``--paper``:
+    ``IRPOConfig.paper()``, else ``.cpu()``) with what the command line gives; validated on build."""
     from llm_auction.trainer.irpo_config import IRPOConfig
 
-    s = get_settings()
-    k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
+    k = settings.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
     fields = dict(
         queries=args.queries, query_offset=args.offset, samples_per_query=args.samples, oracle=args.oracle, backend=args.backend,
         candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, lam=args.lam,
@@ -182,10 +159,18 @@ def _run_epoch(args) -> int:
         fields |= {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r}
     if args.upper_layers is not None:
         fields["lora_top_layers"] = args.upper_layers
-    cfg = IRPOConfig.paper(**fields) if args.paper else IRPOConfig.cpu(**fields)
-    model = args.model or s.adllm_model or s.data_dir / "models" / "smollm2"
-    if not (Path(model) / "config.json").exists():
-        raise CliError(f"no base model at {model} (prepare one: `llm-auction models prepare-smollm2 --out {model}`, or pass --model)")
+    return IRPOConfig.paper(**fields) if args.paper else IRPOConfig.cpu(**fields)
+
+
+def _run_epoch(args) -> int:
+    from llm_auction.cli.args import load_encoder
+    from llm_auction.producers.world import World
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer.epoch_setup import announcer, base_model_dir, run_configured_epoch
+
+    s = get_settings()
+    cfg = epoch_config(args, s)
+    model = base_model_dir(args.model, s)
     world = World(args.world or s.data_dir / "world")
     registry = _registry(args)
     parent = args.policy
@@ -194,22 +179,10 @@ def _run_epoch(args) -> int:
         parent = latest.version if latest else None
     elif parent == "base":
         parent = None
-
-    encoder = load_encoder()
-    pctr, pctr_version = _reward(args, s, encoder, cfg.oracle)
-    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.sample_seed)
-    backend = _open_backend(cfg.backend, model, sampling, cfg.sample_batch_size, s)
-    try:
-        with tempfile.TemporaryDirectory(prefix="llma-merged-") as scratch:
-            if parent:
-                _load_version(backend, parent, registry, model, args.merge_lora, Path(scratch))
-            # close_backend: the serving engine's processes stop before DPO needs the cores
-            result = irpo.run_epoch(
-                cfg, world=world, backend=backend, base_model=Path(model), registry=registry, pctr=pctr, pctr_version=pctr_version,
-                parent=parent, pick=candidate_picker(cfg.candidates_k, encoder), announcer=_announcer(registry, args.bootstrap), close_backend=True,
-            )
-    finally:
-        backend.close()
+    result = run_configured_epoch(
+        cfg, world=world, model=model, registry=registry, parent=parent, pctr_version=args.pctr, encoder=load_encoder(), settings=s,
+        merge_lora=args.merge_lora, announce=announcer(registry, s, args.bootstrap),
+    )
     if result.manifest is None:
         print(json.dumps({"published": None, "metrics": result.metrics}, indent=2, default=str))
         return 0
@@ -217,78 +190,33 @@ def _run_epoch(args) -> int:
     return 0
 
 
-def _reward(args, s, encoder, oracle: bool):
-    """(pCTR function, its version name): the simulator's exact probabilities, or the promoted ONNX pCTR."""
-    from llm_auction.cli import CliError
-    from llm_auction.trainer import irpo
-
-    if oracle:
-        from llm_auction.models.user_sim import make_user_simulator
-
-        return irpo.oracle_pctr(make_user_simulator("embedding", seed=s.seed, encoder=encoder)), "oracle"
-    from llm_auction.models.pctr import PctrScorer
-
-    preg = _registry(args, "pctr")
-    pm = preg.get(args.pctr) if args.pctr else preg.latest()
-    if pm is None:
-        raise CliError(f"registry {preg.dir}: no promoted pCTR version (train one: `llm-auction pctr train`, or use --oracle)")
-    return irpo.onnx_pctr(PctrScorer(pm.artifact_path, encoder=encoder)), pm.version
-
-
-def _open_backend(name: str, model, sampling, batch_size: int, s):
-    """The serving backend, configured as the responder's (``LLMA_VLLM_*`` for vLLM)."""
-    from llm_auction.models.backends import make_backend
-
-    if name == "vllm":
-        from llm_auction.models.vllm_backend import VLLMEngineConfig
-
-        engine = VLLMEngineConfig(kv_cache_gb=s.vllm_kv_cache_gb, cpu_threads=s.vllm_cpu_threads, max_lora_rank=s.vllm_max_lora_rank, max_loras=s.vllm_max_loras)
-        return make_backend("vllm", model, sampling=sampling, engine=engine, batch_size=batch_size)
-    return make_backend("transformers", model, sampling=sampling, batch_size=batch_size, num_threads=s.adllm_threads)
-
-
-def _load_version(backend, version: str, registry, model, merge: bool | None, scratch: Path) -> None:
-    """Make ``backend`` serve policy ``version``: its adapter, or (``merge``) the adapter merged into the base."""
-    from llm_auction.trainer.irpo import merge_adapter
-
-    folder = registry.get(version).to_event().uri
-    if merge is None:
-        merge = getattr(backend, "device", None) == "cpu" and type(backend).__name__ == "VLLMAdLLM"
-    if merge:
-        backend.load_policy(version, merge_adapter(Path(model), Path(folder), scratch / version), kind="full")
-    else:
-        backend.load_policy(version, folder, kind="lora")
-
-
 def _evaluate(args) -> int:
-    from llm_auction.cli import CliError
-    from llm_auction.cli.args import load_encoder
+    from llm_auction.cli.args import load_encoder, registry_root
     from llm_auction.models.adllm import SamplingConfig
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.producers.world import World
     from llm_auction.schemas.settings import get_settings
     from llm_auction.trainer import irpo
+    from llm_auction.trainer.epoch_setup import base_model_dir, load_version, open_backend, open_reward
     from llm_auction.trainer.irpo_config import IRPOConfig
 
     s = get_settings()
     k = s.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
-    model = args.model or s.adllm_model or s.data_dir / "models" / "smollm2"
-    if not (Path(model) / "config.json").exists():
-        raise CliError(f"no base model at {model} (pass --model)")
+    model = base_model_dir(args.model, s)
     registry = _registry(args)
     versions = [v for v in (args.policy, args.baseline) if v is not None]
     world = World(args.world or s.data_dir / "world")
     cfg = IRPOConfig(queries=args.queries, split="test", bid_seed=args.seed, candidates_k=k, max_new_tokens=args.max_new_tokens, lam=args.lam)
     encoder = load_encoder()
-    pctr, pctr_version = _reward(args, s, encoder, args.oracle)
+    pctr, pctr_version = open_reward(registry_root(args), args.pctr, encoder, args.oracle, s)
     queries = irpo.narrow(irpo.build_offline_set(world, cfg, irpo.epoch_bid_seed(cfg, "evaluate")), candidate_picker(k, encoder))
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=args.seed)
-    backend = _open_backend(args.backend, model, sampling, cfg.sample_batch_size, s)
+    backend = open_backend(args.backend, model, sampling, cfg.sample_batch_size, s)
     try:
         with tempfile.TemporaryDirectory(prefix="llma-merged-") as scratch:
             for v in versions:
                 if v != "base":
-                    _load_version(backend, v, registry, model, args.merge_lora, Path(scratch))
+                    load_version(backend, v, registry, model, args.merge_lora, Path(scratch))
             frames = {v: irpo.evaluate_policy(backend, queries, v if v != "base" else backend.config.base_version, pctr, m=args.samples, lam=cfg.lam) for v in versions}
     finally:
         backend.close()
@@ -315,9 +243,11 @@ def _show(args) -> int:
 
 def _announce(args) -> int:
     from llm_auction.cli import CliError
+    from llm_auction.schemas.settings import get_settings
+    from llm_auction.trainer.epoch_setup import announcer
 
     registry = _registry(args)
-    send = _announcer(registry, args.bootstrap)
+    send = announcer(registry, get_settings(), args.bootstrap)
     if send is None:
         raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
     sent = send(registry.get(args.version))
