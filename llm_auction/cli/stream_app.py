@@ -3,8 +3,9 @@
 Joins ``auction.responses`` and ``auction.clicks`` into impressions, persists them in ClickHouse
 (``llm_auction.stream_impressions``, through ``LLMA_STREAM_CLICKHOUSE_URL``, default
 ``LLMA_CLICKHOUSE_URL``), retrains the pCTR model on a timer and announces versions on
-``auction.pctr-versions``. Runs against ``LLMA_KAFKA_BOOTSTRAP`` until SIGTERM/SIGINT, then prints
-its counters as one JSON line. With the embedded ClickHouse (chdb) the stream app needs a data
+``auction.pctr-versions``; with ``LLMA_IRPO_TRIGGER_ENABLED`` it also requests IRPO epochs on
+``auction.irpo-requests`` for ``llm-auction serve trainer``. Runs against ``LLMA_KAFKA_BOOTSTRAP``
+until SIGTERM/SIGINT, then prints its counters as one JSON line. With the embedded ClickHouse (chdb) the stream app needs a data
 folder no other process has open: give it its own ``LLMA_STREAM_CLICKHOUSE_URL`` beside a sink.
 """
 
@@ -21,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clicks-topic", help="clicks topic, co-partitioned with the responses (default: auction.clicks)")
     p.add_argument("--versions-topic", help="where pCTR versions are announced (default: auction.pctr-versions)")
     p.add_argument("--dead-letter-topic", help="where undecodable events go (default: auction.dead-letter)")
+    p.add_argument("--rollout-topic", help="rollout decisions the IRPO trigger reads for the stable policy (default: auction.rollout)")
+    p.add_argument("--irpo-requests-topic", help="where the IRPO trigger sends epoch requests, and reads back its earlier ones (default: auction.irpo-requests)")
     p.add_argument("--partitions", type=int, help="partitions of the responses/clicks topics (default: the project's topic spec)")
     p.add_argument("--registry", help="model registry root (default: LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry)")
     p.add_argument("--holdout", type=float, default=None, help="share of queries held out to evaluate each retrain (default 0.1)")
@@ -66,6 +69,7 @@ def run(args) -> int:
     topics = StreamTopics(
         responses=args.responses_topic or d.responses, clicks=args.clicks_topic or d.clicks,
         pctr_versions=args.versions_topic or d.pctr_versions, dead_letter=args.dead_letter_topic or d.dead_letter,
+        rollout=args.rollout_topic or d.rollout, irpo_requests=args.irpo_requests_topic or d.irpo_requests,
     )
     if topics == d:
         ensure_topics(s, bootstrap)  # idempotent; the app's own changelog topics are Faust's

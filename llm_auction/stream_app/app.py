@@ -35,7 +35,8 @@ Modules. This one builds the app (:func:`create_app`: Faust settings, topics, ta
 assembles the parts, each in its own module: :mod:`.context` (``StreamContext``: what the parts
 share, with the buffer's flush), :mod:`.agents` (the join's agents ``responses`` and ``clicks``,
 timers ``join-expiry`` and ``impressions-flush``), :mod:`.retrain` (``Retrainer`` and the
-``pctr-retrain`` timer); :mod:`.join` is the join itself and :mod:`.store` its ClickHouse tables.
+``pctr-retrain`` timer), :mod:`.irpo_trigger` (the ``irpo-trigger`` timer, with
+``LLMA_IRPO_TRIGGER_ENABLED``: epoch requests for the trainer service); :mod:`.join` is the join itself and :mod:`.store` its ClickHouse tables.
 
 Faust on Tansu (docs/design.md): ``broker_session_timeout=6`` (a group join waits half of it), no
 ``exactly_once`` (transactions fail), ``topic_replication_factor=1``, no web server.
@@ -48,7 +49,7 @@ from typing import Any
 
 from llm_auction.schemas.settings import Settings
 from llm_auction.schemas.topics import RESPONSES, TOPICS
-from llm_auction.stream_app import agents, retrain
+from llm_auction.stream_app import agents, irpo_trigger, retrain
 from llm_auction.stream_app.context import StreamContext, StreamStats, StreamTopics
 from llm_auction.stream_app.join import ImpressionJoiner
 from llm_auction.stream_app.retrain import Retrainer
@@ -140,9 +141,10 @@ def create_app(
     )
     agents.register(app, ctx)
     retrain.register(app, ctx, retrainer)
+    trigger = irpo_trigger.register(app, ctx, registry, bootstrap) if s.irpo_trigger_enabled else None
 
     app.stream_ctx = {
-        "stats": ctx.stats, "store": store, "joiner": ctx.joiner, "registry": registry, "tables": (pending, early, joined), "flush": ctx.flush, "context": ctx,
+        "stats": ctx.stats, "store": store, "joiner": ctx.joiner, "registry": registry, "tables": (pending, early, joined), "flush": ctx.flush, "context": ctx, "irpo_trigger": trigger,
     }
     return app
 

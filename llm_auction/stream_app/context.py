@@ -21,7 +21,7 @@ from llm_auction.logs import log_event
 from llm_auction.schemas import DeadLetter, decode, encode
 from llm_auction.schemas.codec import SchemaError
 from llm_auction.schemas.settings import Settings
-from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, PCTR_VERSIONS, RESPONSES
+from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, IRPO_REQUESTS, PCTR_VERSIONS, RESPONSES, ROLLOUT
 from llm_auction.stream_app.join import Impression, ImpressionJoiner
 from llm_auction.stream_app.store import StreamStore
 
@@ -34,6 +34,8 @@ class StreamTopics:
     clicks: str = CLICKS
     pctr_versions: str = PCTR_VERSIONS
     dead_letter: str = DEAD_LETTER
+    rollout: str = ROLLOUT  # read by the IRPO trigger (the stable policy, a running canary)
+    irpo_requests: str = IRPO_REQUESTS  # the IRPO trigger's epoch requests
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StreamStats:
     retrains: int = 0
     announced: list[str] = field(default_factory=list)
     skipped_announcements: list[str] = field(default_factory=list)
+    epoch_requests: list[str] = field(default_factory=list)  # ids of the IRPO epoch requests this process sent
 
 
 @dataclass

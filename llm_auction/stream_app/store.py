@@ -85,6 +85,11 @@ class StreamStore:
     def count_impressions(self) -> int:
         return int(self._scalar(f"SELECT count() FROM {DATABASE}.{IMPRESSIONS_TABLE} FINAL", "count stream impressions"))
 
+    def count_impressions_of(self, policy_version: str) -> int:
+        """Impressions of answers ``policy_version`` wrote (the IRPO trigger's count of the stable policy)."""
+        sql = f"SELECT count() FROM {DATABASE}.{IMPRESSIONS_TABLE} FINAL WHERE policy_version = {{v:String}}"
+        return int(self._scalar(sql, "count stream impressions of a policy version", {"v": policy_version}))
+
     def window(self, rows: int) -> pd.DataFrame:
         """The most recent ``rows`` impressions, oldest first, in a deterministic order (the same
         data gives the same fit, hence the same ONNX bytes: the registry's dedup relies on it)."""
