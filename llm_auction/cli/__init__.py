@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "LLM-Auction as a streaming feedback loop: replay queries through Kafka to an Ad-LLM, "
             "simulate clicks, land everything in ClickHouse, retrain pCTR, and run IRPO epochs by hand "
-            "(`irpo run-epoch`; nothing triggers them automatically yet). "
+            "(`irpo run-epoch`) or when the stream app requests them (`serve trainer`). "
             "Settings come from LLMA_* environment variables (`llm-auction settings`)."
         ),
     )

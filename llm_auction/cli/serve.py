@@ -18,7 +18,7 @@ from llm_auction.cli.bootstrap import kafka_bootstrap as _bootstrap
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="run one streaming service (responder, user-sim, sink) against LLMA_KAFKA_BOOTSTRAP",
+        help="run one streaming service (responder, user-sim, sink, rollout-controller, stream-app, trainer) against LLMA_KAFKA_BOOTSTRAP",
         description="Run one service of the loop until SIGTERM/SIGINT (finishes its batch and commits first).",
     )
     ss = p.add_subparsers(dest="service", metavar="SERVICE", required=True)
@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = ss.add_parser("stream-app", help="responses x clicks -> impressions (ClickHouse), pCTR retraining -> auction.pctr-versions (Faust)")
     _stream_app_arguments(a)
 
+    t = ss.add_parser("trainer", help="IRPO epochs the stream app requests (auction.irpo-requests) -> policy versions (auction.policy-versions)",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=_trainer_description())
+    _trainer_arguments(t)
+
     p = sub.add_parser(
         "replay",
         help="stream the world's queries with fresh bids onto auction.queries",
@@ -71,6 +75,18 @@ def _stream_app_arguments(p: argparse.ArgumentParser) -> None:
     from llm_auction.cli.stream_app import add_arguments  # argparse only; the app loads when run
 
     add_arguments(p)
+
+
+def _trainer_arguments(p: argparse.ArgumentParser) -> None:
+    from llm_auction.cli.trainer import add_arguments  # argparse only; torch loads when run
+
+    add_arguments(p)
+
+
+def _trainer_description() -> str:
+    from llm_auction.cli import trainer
+
+    return (trainer.__doc__ or "").split("\n\n", 1)[1]
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
