@@ -12,6 +12,9 @@ The rule, :func:`decide` (pure; settings ``LLMA_IRPO_TRIGGER_*``), every
 ``LLMA_PCTR_RETRAIN_INTERVAL_S``:
 
 - a promoted pCTR version exists that no earlier request named (a promotion since the last epoch);
+- the last request was served: the trainer service recorded its outcome in the policy registry
+  (``.requests/<id>.json``, ``trainer/service.served_record``; a version published, no pair
+  formed, or refused), so epochs never queue up behind a long one;
 - no canary is running (a candidate is being measured: the next epoch waits for its decision,
   which may change the stable policy);
 - at least ``LLMA_IRPO_TRIGGER_IMPRESSIONS`` impressions of the stable policy arrived since the
@@ -55,17 +58,21 @@ class TriggerDecision:
 
 
 def decide(
-    *, stable: str, canary: str | None, pctr_version: str | None, impressions: int, requests: Sequence[EpochRequest], min_impressions: int, requested_by: str = "",
+    *, stable: str, canary: str | None, pctr_version: str | None, impressions: int, requests: Sequence[EpochRequest], min_impressions: int,
+    pending: str | None = None, requested_by: str = "",
 ) -> TriggerDecision:
     """Whether to request an epoch of ``stable`` scored by ``pctr_version`` (see the module docstring).
 
     ``canary``: the candidate of a running canary, else None; ``impressions``: the stable policy's
-    impressions so far; ``requests``: every request made before, in order.
+    impressions so far; ``requests``: every request made before, in order; ``pending``: the id of
+    the last request when the trainer has not served it yet, else None.
     """
     last = max((r.impressions_total for r in requests if r.parent_version == stable), default=0)
     since = max(0, impressions - last)
     if pctr_version is None:
         return TriggerDecision(None, "no promoted pCTR version yet", since)
+    if pending is not None:
+        return TriggerDecision(None, f"epoch request {pending} is not served yet: the next one waits for it", since)
     if canary is not None:
         return TriggerDecision(None, f"a canary of {canary} is running: the next epoch waits for its decision", since)
     if any(r.pctr_version == pctr_version for r in requests):
@@ -117,6 +124,16 @@ class TriggerState:
         m = self.pctr_registry.latest()  # promoted versions only
         return m.version if m is not None else None
 
+    def pending(self) -> str | None:
+        """The last request's id while the trainer has not recorded it served, else None."""
+        from llm_auction.trainer.registry import ModelRegistry
+        from llm_auction.trainer.service import served_record
+
+        if not self.requests:
+            return None
+        last = next(reversed(self.requests.values()))
+        return None if served_record(ModelRegistry(self.pctr_registry.root, "policy"), last.event_id) else last.event_id
+
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
@@ -128,11 +145,12 @@ async def maybe_request(ctx: StreamContext, state: TriggerState) -> EpochRequest
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(state.pool, state.follow)
     pctr = await loop.run_in_executor(state.pool, state.latest_pctr)
+    pending = await loop.run_in_executor(state.pool, state.pending)
     stable, canary = state.routing()
     impressions = await ctx.io(ctx.store.count_impressions_of, stable)
     d = decide(
         stable=stable, canary=canary, pctr_version=pctr, impressions=impressions, requests=list(state.requests.values()),
-        min_impressions=ctx.settings.irpo_trigger_impressions, requested_by=ctx.app_id,
+        min_impressions=ctx.settings.irpo_trigger_impressions, pending=pending, requested_by=ctx.app_id,
     )
     if d.request is None:
         if d.reason != state.last_reason:  # logged when it changes, not every tick

@@ -14,8 +14,9 @@ beginning. Requests are served one at a time, in order:
 
 1. **served already?** A policy version whose manifest records the request
    (``data_window.request.request_id``, :func:`served_by`): announce it (a no-op when the registry
-   records it as announced) and go on. This covers a re-delivered request (a crash before the
-   commit), a trigger sent again, and a crash between publication and announcement.
+   records it as announced) and go on; or a served record without a version (below): go on. This
+   covers a re-delivered request (a crash before the commit), a trigger sent again, and a crash
+   between publication and announcement.
 2. **unservable?** Undecodable, or its parent or pCTR version is not in the registry: dead-lettered
    on ``auction.dead-letter`` with the reason.
 3. **run the epoch** (the ``run_epoch`` callable: :func:`~llm_auction.trainer.epoch_setup.run_configured_epoch`
@@ -23,16 +24,22 @@ beginning. Requests are served one at a time, in order:
    ``auction.policy-versions`` (once), from where the rollout controller canaries it like any
    other version. An epoch that forms no pair publishes nothing (logged); the same seeds would form
    none again, so the request counts as served.
-4. **commit** the request's offset, only now. A crash anywhere before re-runs the request, and step
+4. **record** the outcome (``published``, ``no_pairs``, ``refused``) under the policy registry's
+   ``.requests/<request id>.json`` (:func:`record_served`, :func:`served_record`): the stream app's
+   trigger reads it to know that its last request was served before it asks for another epoch.
+5. **commit** the request's offset, only now. A crash anywhere before re-runs the request, and step
    1 makes that safe. An exception in the epoch stops the service uncommitted (exit code 2): a
    restart retries the request.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +71,35 @@ def served_by(registry: ModelRegistry, request_id: str) -> Manifest | None:
         if ((m.data_window or {}).get("request") or {}).get("request_id") == request_id:
             return m
     return None
+
+
+REQUESTS_DIR = ".requests"  # beside the versions, like .announced/: never inside a version folder
+
+
+def _record_path(registry: ModelRegistry, request_id: str):
+    return registry.dir / REQUESTS_DIR / f"{uuid.UUID(request_id)}.json"  # a uuid only: no path tricks
+
+
+def record_served(registry: ModelRegistry, request: EpochRequest, outcome: str, version: str | None = None, reason: str = "") -> None:
+    """Record that ``request`` was served (``outcome``: ``published``, ``no_pairs`` or ``refused``), atomically."""
+    path = _record_path(registry, request.event_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"request_id": request.event_id, "parent_version": request.parent_version, "pctr_version": request.pctr_version,
+           "outcome": outcome, "version": version, "reason": reason[:500], "ts": time.time()}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def served_record(registry: ModelRegistry, request_id: str) -> dict | None:
+    """The record :func:`record_served` wrote for ``request_id``, or None (not served yet)."""
+    try:
+        return json.loads(_record_path(registry, request_id).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
@@ -111,14 +147,20 @@ class EpochTrainer:
         """Serve one request (steps 1-3 of the module docstring); returns its version, if any."""
         self.stats.requests += 1
         done = served_by(self.registry, request.event_id)
-        if done is not None:
+        record = served_record(self.registry, request.event_id)
+        if done is not None or record is not None:
             self.stats.already_served.append(request.event_id)
-            log_event(log, "trainer: request already served", service=self.name, request_id=request.event_id, version=done.version)
-            self._announce(done)  # a crash may have come between publication and announcement
+            log_event(log, "trainer: request already served", service=self.name, request_id=request.event_id,
+                      version=done.version if done else None, outcome=(record or {}).get("outcome", "published"))
+            if done is not None:
+                self._announce(done)  # a crash may have come between publication and announcement
+                if record is None:
+                    record_served(self.registry, request, "published", done.version)
             return done
         reason = self.problem(request, oracle)
         if reason is not None:
             self._dead_letter(encode(request), reason, key=request.parent_version)
+            record_served(self.registry, request, "refused", reason=reason)
             return None
         log_event(log, "trainer: epoch starts", service=self.name, request_id=request.event_id, parent=request.parent_version, pctr_version=request.pctr_version)
         t0 = time.perf_counter()
@@ -127,9 +169,11 @@ class EpochTrainer:
         if manifest is None:
             self.stats.no_pairs += 1
             log_event(log, "trainer: the epoch formed no pair; nothing published", logging.WARNING, service=self.name, request_id=request.event_id)
+            record_served(self.registry, request, "no_pairs")
             return None
         self.stats.trained.append(manifest.version)
         self._announce(manifest)
+        record_served(self.registry, request, "published", manifest.version)
         log_event(log, "trainer: epoch served", service=self.name, request_id=request.event_id, version=manifest.version, seconds=round(time.perf_counter() - t0, 1))
         return manifest
 
@@ -180,4 +224,4 @@ class EpochTrainer:
         return self.stats
 
 
-__all__ = ["EpochTrainer", "TrainerStats", "request_window", "served_by"]
+__all__ = ["EpochTrainer", "TrainerStats", "record_served", "request_window", "served_by", "served_record"]

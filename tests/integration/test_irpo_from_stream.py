@@ -133,7 +133,7 @@ def check_served_once(story: Story, registry_dir, bootstrap: str, fresh_group):
     the request topic trains nothing. Returns the manifest."""
     from llm_auction.infra.kafka import make_producer
     from llm_auction.trainer.registry import ModelRegistry
-    from llm_auction.trainer.service import EpochTrainer
+    from llm_auction.trainer.service import EpochTrainer, served_record
 
     req, topics = story.request, story.topics
     registry = ModelRegistry(registry_dir, "policy")
@@ -142,6 +142,7 @@ def check_served_once(story: Story, registry_dir, bootstrap: str, fresh_group):
     r = m.data_window["request"]
     assert (r["request_id"], r["parent_version"], r["pctr_version"], r["impressions_total"]) == (req.event_id, "base", "pctr-0001", req.impressions_total)
     assert m.data_window["queries"] == 16 and m.metrics["pairs"] > 0 and registry.is_announced("policy-0001")
+    assert served_record(registry, req.event_id)["version"] == "policy-0001"  # what the trigger reads before its next request
 
     calls = []
     p = make_producer(story.settings, bootstrap)

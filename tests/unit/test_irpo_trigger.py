@@ -48,6 +48,30 @@ def test_no_request_while_a_canary_runs():
     assert d.request is None and "canary of policy-0001" in d.reason
 
 
+def test_no_request_while_the_last_one_is_not_served():
+    before = [req("base", "pctr-0001", 100)]
+    d = look(pctr_version="pctr-0002", impressions=10_000, requests=before, pending=before[0].event_id)
+    assert d.request is None and f"epoch request {before[0].event_id} is not served yet" in d.reason
+    assert look(pctr_version="pctr-0002", impressions=10_000, requests=before, pending=None).request is not None
+
+
+def test_pending_reads_the_trainers_record_in_the_policy_registry(tmp_path):
+    from llm_auction.trainer.registry import ModelRegistry
+    from llm_auction.trainer.service import record_served
+
+    class S:
+        policy_version = "base"
+
+    st = TriggerState(S(), "unused:9092", pctr_registry=ModelRegistry(tmp_path, "pctr"), rollout_topic="r", requests_topic="q")
+    assert st.pending() is None  # nothing asked yet
+    a, b = req("base", "pctr-0001", 100), req("base", "pctr-0002", 300)
+    st.requests = {a.event_id: a, b.event_id: b}
+    record_served(ModelRegistry(tmp_path, "policy"), a, "no_pairs")
+    assert st.pending() == b.event_id  # the last request counts
+    record_served(ModelRegistry(tmp_path, "policy"), b, "published", "policy-0001")
+    assert st.pending() is None
+
+
 def test_the_request_id_is_derived_and_checked():
     a, b = req("base", "pctr-0001", 1), req("base", "pctr-0001", 7, 7)
     assert a.event_id == b.event_id != req("base", "pctr-0002", 1).event_id != req("policy-0001", "pctr-0001", 1).event_id

@@ -16,7 +16,7 @@ from llm_auction.schemas.settings import Settings
 from llm_auction.trainer.epoch_setup import generation, next_queries
 from llm_auction.trainer.irpo_config import IRPOConfig
 from llm_auction.trainer.registry import ModelRegistry
-from llm_auction.trainer.service import EpochTrainer, request_window, served_by
+from llm_auction.trainer.service import EpochTrainer, request_window, served_by, served_record
 
 
 class Sent:
@@ -84,6 +84,8 @@ def test_a_request_is_trained_once_and_announced_once(setup):
     events = [decode(v, PolicyVersion) for v in producer.on("versions")]
     assert [e.version for e in events] == ["policy-0001"] and trainer.stats.already_served == [r.event_id]
     assert trainer.stats.trained == ["policy-0001"] and trainer.stats.announced == ["policy-0001"]
+    rec = served_record(policy, r.event_id)
+    assert (rec["outcome"], rec["version"], rec["parent_version"], rec["pctr_version"]) == ("published", "policy-0001", "base", "pctr-0001")
 
 
 def test_a_crash_between_publication_and_announcement_announces_on_redelivery(setup, tmp_path):
@@ -93,21 +95,28 @@ def test_a_crash_between_publication_and_announcement_announces_on_redelivery(se
     assert served_by(policy, r.event_id).version == m.version and not policy.is_announced(m.version)
     trainer.handle(r)
     assert calls == [] and [decode(v, PolicyVersion).version for v in producer.on("versions")] == [m.version] and policy.is_announced(m.version)
+    assert served_record(policy, r.event_id)["version"] == m.version  # recorded on the way
 
 
 def test_unservable_requests_are_dead_lettered_and_an_epoch_without_pairs_publishes_nothing(setup, tmp_path):
     trainer, policy, producer, calls = setup
-    assert trainer.handle(EpochRequest.new("policy-0042", "pctr-0001", impressions_total=1, impressions_since_last=1)) is None
+    unknown_parent = EpochRequest.new("policy-0042", "pctr-0001", impressions_total=1, impressions_since_last=1)
+    assert trainer.handle(unknown_parent) is None
     assert trainer.handle(EpochRequest.new("base", "pctr-0007", impressions_total=1, impressions_since_last=1)) is None
     dls = [decode(v, DeadLetter) for v in producer.on("dlq")]
     assert calls == [] and len(dls) == 2 and "policy-0042" in dls[0].error and "pctr-0007" in dls[1].error
+    assert served_record(policy, unknown_parent.event_id)["outcome"] == "refused"
+    assert trainer.handle(unknown_parent) is None and len(producer.on("dlq")) == 2  # re-delivered: refused once
     # with the oracle reward the pCTR version is not needed
     assert trainer.problem(EpochRequest.new("base", "pctr-0007", impressions_total=1, impressions_since_last=1), oracle=True) is None
     policy.publish(adapter(tmp_path / "p", b"p"), main="adapter_model.safetensors", extra={"policy_kind": "lora"})  # policy-0001
     for n in range(2, 10):
         policy.publish(adapter(tmp_path / f"p{n}", f"p{n}".encode()), parent=f"policy-{n - 1:04d}", main="adapter_model.safetensors", extra={"policy_kind": "lora"})
-    assert trainer.handle(EpochRequest.new("policy-0009", "pctr-0001", impressions_total=1, impressions_since_last=1)) is None
+    no_pairs = EpochRequest.new("policy-0009", "pctr-0001", impressions_total=1, impressions_since_last=1)
+    assert trainer.handle(no_pairs) is None
     assert trainer.stats.no_pairs == 1 and len(policy.list()) == 9 and producer.on("versions") == []
+    assert served_record(policy, no_pairs.event_id)["outcome"] == "no_pairs" and len(calls) == 1
+    assert trainer.handle(no_pairs) is None and len(calls) == 1  # re-delivered: the epoch is not run again
 
 
 def test_successive_generations_take_new_offline_queries(tmp_path):
