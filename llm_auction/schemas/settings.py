@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     vllm_cpu_threads: int | None = Field(None, ge=1, description="vLLM CPU engine: OpenMP threads, bound to cores 0..N-1. Unset: vLLM binds them itself and keeps one core for its scheduler.")
     vllm_max_lora_rank: int = Field(16, ge=1, description="vLLM: the largest LoRA rank a policy version may have.")
     vllm_max_loras: int = Field(2, ge=1, description="vLLM: policy versions (LoRA adapters) served in one batch; more stay loaded and swap in per batch.")
+    vllm_cpu_lora_ops: Literal["grouped", "vllm"] = Field("grouped", description="vLLM on CPU: LoRA terms by one matmul per adapter slot (grouped, the project's plugin: prefill several times faster) or vLLM's own per-token gather (vllm).")
     candidates_k: int | None = Field(8, ge=1, description="Candidate ads shown to the Ad-LLM per query (top K by relevance); unset: all 100 (GPU).")
     policy_version: str = Field("base", description="Policy version a responder serves until a rollout says otherwise.")
     user_sim_backend: Literal["embedding", "llm"] = Field("embedding", description="User simulator: `embedding` (calibrated click model, CPU) or `llm` (User-LLM prompt).")
