@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     stream_flush_interval_s: float = Field(1.0, gt=0, description="Stream app: max seconds a joined impression waits before its batch is inserted.")
     stream_producer_max_batch_size: int = Field(1, ge=1, description="Stream app: max bytes per producer batch (changelogs). 1: one record per batch, which Tansu needs (its end offsets count batches, and table recovery reads up to them); raise on Apache Kafka.")
     # -- IRPO from the stream (docs/irpo.md "Epochs from the stream") --
-    irpo_trigger_enabled: bool = Field(False, description="Stream app: request an IRPO epoch on `auction.irpo-requests` when a promoted pCTR version no epoch has used exists, no canary is running and `LLMA_IRPO_TRIGGER_IMPRESSIONS` impressions of the stable policy arrived since its last request; `llm-auction serve trainer` runs them.")
+    irpo_trigger_enabled: bool = Field(False, description="Stream app: request an IRPO epoch on `auction.irpo-requests` when a promoted pCTR version no epoch has used exists, the last request was served, no canary is running and `LLMA_IRPO_TRIGGER_IMPRESSIONS` impressions of the stable policy arrived since its last request; `llm-auction serve trainer` runs them.")
     irpo_trigger_impressions: int = Field(2000, ge=1, description="Stream app: impressions of the stable policy since its last epoch request needed for the next one.")
     trainer_group: str = Field("llm-auction-trainer", description="Trainer service: the consumer group whose committed offset on `auction.irpo-requests` marks the requests served.")
 
