@@ -48,6 +48,7 @@ class LoopOptions:
     min_queries: int = 24  # per arm before the controller may decide
     irpo_queries: int = 16  # train queries per IRPO epoch (x samples answers)
     samples: int = 5
+    pairing: str = "all"  # the paper's rule: every loser; "worst": one pair per query
     reward: str = "auto"  # pctr | oracle | auto (pCTR once a version passed its AUC gate, else the oracle)
     report: Path | None = None  # folder for the PNGs and summary.md
 
@@ -97,6 +98,9 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: LoopOptions) -> None:
     p.add_argument("--min-queries", type=int, default=d.min_queries, help="queries per arm before the controller may decide")
     p.add_argument("--irpo-queries", type=int, default=d.irpo_queries, help="train queries per IRPO epoch")
     p.add_argument("--samples", type=int, default=d.samples, help="answers sampled per IRPO query (M)")
+    p.add_argument("--pairing", choices=["all", "worst"], default=d.pairing,
+                   help="IRPO pairs: the winner against every answer more than delta_th below it (the paper), or against the worst only "
+                   "(fewer pairs, faster DPO; its pairs mostly contrast format errors: docs/irpo.md)")
     p.add_argument("--reward", choices=["auto", "pctr", "oracle"], default=d.reward,
                    help="IRPO's click probabilities: the promoted pCTR model, the user simulator's exact ones (the paper's Oracle), "
                    "or auto: pCTR once a version passed its AUC gate (LLMA_PCTR_MIN_AUC), the oracle before (a few hundred impressions rarely pass)")
@@ -110,7 +114,7 @@ def options_from_args(args, report: Path | None) -> LoopOptions:
     from llm_auction.cli import CliError
 
     o = LoopOptions(args.epochs, args.serve_queries, args.canary_queries, LoopOptions.chunk, args.canary_share, args.min_queries,
-                    args.irpo_queries, args.samples, args.reward, report)
+                    args.irpo_queries, args.samples, args.pairing, args.reward, report)
     problems = [f"--{k.replace('_', '-')} must be >= {lo}" for k, lo in (("epochs", 0), ("serve_queries", 1), ("canary_queries", 2), ("min_queries", 1), ("irpo_queries", 1), ("samples", 2)) if getattr(o, k) < lo]
     if not 0.0 < o.canary_share < 1.0:
         problems.append("--canary-share must be in (0, 1)")
@@ -237,8 +241,12 @@ def irpo_epoch(p, world, model_path: Path, parent: str, pctr, pctr_version: str,
 
     s = p.settings
     registry = ModelRegistry(s.resolved_registry_dir(), "policy")
-    cfg = IRPOConfig.cpu(queries=o.irpo_queries, query_offset=(t - 1) * o.irpo_queries, samples_per_query=o.samples, oracle=pctr_version == "oracle",
-                         candidates_k=s.candidates_k, bid_seed=s.seed + t, sample_seed=s.seed + t, dpo_seed=s.seed + t)
+    cfg = IRPOConfig.cpu(queries=o.irpo_queries, query_offset=(t - 1) * o.irpo_queries, samples_per_query=o.samples, pairing=o.pairing, oracle=pctr_version == "oracle",
+                         candidates_k=s.candidates_k, bid_seed=s.seed + t, sample_seed=s.seed + t, dpo_seed=s.seed + t,
+                         # DPO runs beside the serving engine: two pairs per step keep activations small (4.6 GB
+                         # RSS with the engine's client), and a short epoch still takes several steps (with one
+                         # step of 4 pairs, warmup left its only step at learning rate 0: the version was the parent)
+                         batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3)
     base = p.backend.config.base_version
     step("IRPO epoch: sample, score, pair, DPO", epoch=t, parent=parent, queries=cfg.queries, samples=cfg.samples_per_query, reward=pctr_version)
     result = irpo.run_epoch(
