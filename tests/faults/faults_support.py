@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_auction.infra.kafka import admin_client, make_consumer
+from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.schemas import ClickEvent, DeadLetter, ResponseEvent, decode
 from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, QUERIES, RESPONSES
 
@@ -85,6 +86,20 @@ def service_env(bootstrap: str, tmp: Path, **settings) -> dict[str, str]:
         **{f"LLMA_{k.upper()}": str(v) for k, v in settings.items()},
     })
     return env
+
+
+# -- a slow service -------------------------------------------------------------------------------
+class SlowStoredBackend(StoredAnswerBackend):
+    """The stored-answer backend, ``delay_s`` slower per query: a responder slower than its input
+    (back-pressure), or one still working when the broker stops (the outage test)."""
+
+    def __init__(self, delay_s: float):
+        super().__init__()
+        self.delay_s = delay_s
+
+    def generate(self, queries, policy_version, n=1):
+        time.sleep(self.delay_s * len(queries))
+        return super().generate(queries, policy_version, n)
 
 
 # -- group offsets -------------------------------------------------------------------------------

@@ -18,14 +18,13 @@ import time
 import uuid
 
 import pytest
-from faults_support import report_counts
+from faults_support import SlowStoredBackend, report_counts
 
 from llm_auction.consumers import build
 from llm_auction.consumers.service import run_in_threads
 from llm_auction.infra.broker import LocalBroker
 from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
 from llm_auction.infra.lag import LagReader
-from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.producers.replay import ReplayConfig, replay
 from llm_auction.schemas import ResponseEvent, decode
 from llm_auction.schemas.settings import Settings
@@ -37,18 +36,6 @@ N_QUERIES = 300
 RATE_QPS = 100.0  # the replay offers 100 queries/s ...
 DELAY_S = 0.03  # ... and the responder answers at most ~33/s
 GROUP = "llma-responder"
-
-
-class SlowStoredBackend(StoredAnswerBackend):
-    """The stored-answer backend, ``delay_s`` slower per query: a responder slower than its input."""
-
-    def __init__(self, delay_s: float):
-        super().__init__()
-        self.delay_s = delay_s
-
-    def generate(self, queries, policy_version, n=1):
-        time.sleep(self.delay_s * len(queries))
-        return super().generate(queries, policy_version, n)
 
 
 def _monitor_lag(bootstrap: str, tmp_path) -> dict[tuple[str, str], int]:

@@ -31,8 +31,7 @@ import time
 import uuid
 
 import pytest
-from faults_support import report_counts
-from test_back_pressure import SlowStoredBackend
+from faults_support import SlowStoredBackend, report_counts
 
 from llm_auction.consumers import build
 from llm_auction.infra.broker import LocalBroker

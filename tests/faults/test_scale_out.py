@@ -30,7 +30,7 @@ from llm_auction.producers.replay import ReplayConfig, replay
 from llm_auction.schemas.settings import Settings
 from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]  # 35-96 s (5 processes): outside the default suite (make test-all)
 
 N_QUERIES = 1000
 RATE_QPS = 60.0  # the replay lasts ~17 s
