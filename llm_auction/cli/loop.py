@@ -217,12 +217,13 @@ def retrain_reward(p, o: LoopOptions, step, t: int):
     registry = ModelRegistry(s.resolved_registry_dir(), "pctr")
     df = warehouse.impressions(p.client)
     step("retraining pCTR on the warehouse's impressions", epoch=t, impressions=len(df))
-    m = retrain_and_publish(df, registry, p.encoder, PctrConfig(seed=s.seed + t, progress=False), min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin)
+    m = retrain_and_publish(df, registry, p.encoder, PctrConfig(seed=s.seed + t, progress=False), min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin,
+                            min_holdout_clicks=s.pctr_min_holdout_clicks)
     step("pCTR version published", epoch=t, version=m.version, promoted=m.promoted, auc=m.metrics.get("auc"))
     current = registry.latest()
     if o.reward == "oracle" or (o.reward == "auto" and current is None):
         if o.reward == "auto":
-            step("no pCTR version passed its AUC gate yet: this epoch's reward uses the simulator's exact click probabilities", epoch=t, min_auc=s.pctr_min_auc)
+            step("no pCTR version passed its promotion gate yet: this epoch's reward uses the simulator's exact click probabilities", epoch=t, min_auc=s.pctr_min_auc, min_holdout_clicks=s.pctr_min_holdout_clicks)
         return irpo.oracle_pctr(p.simulator), "oracle"
     if current is None:
         from llm_auction.cli import CliError
@@ -271,8 +272,10 @@ def canary(p, world, controller, version: str, o: LoopOptions, step, t: int, run
         raise RuntimeError(f"the responder did not read the canary decision {decision.event_id} within 30 s")
     step("canary starts", epoch=t, stable=decision.stable_version, candidate=version, share=decision.candidate_share)
     tags, sent, budget = [], 0, o.canary_queries + o.canary_queries // 2  # half again when the split ran short
+    extended = False
     while sent < budget:
-        if sent >= o.canary_queries and not tags[o.canary_queries // o.chunk:]:
+        if sent >= o.canary_queries and not extended:
+            extended = True
             step("no decision within the canary budget: serving up to half as many queries again", epoch=t, sent=sent)
         n = min(o.chunk, budget - sent)
         tag = f"loop{run}e{t}c{len(tags)}"

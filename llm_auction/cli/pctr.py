@@ -159,6 +159,7 @@ def _train(args) -> int:
         cold=args.cold,
         min_auc=args.min_auc if args.min_auc is not None else s.pctr_min_auc,
         promote_margin=s.pctr_promote_margin,
+        min_holdout_clicks=s.pctr_min_holdout_clicks,
         extra={"encoder_cache_hits_before": n_cached},
         encoder_cache=cache,
     )

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     pctr_min_auc: float = Field(0.55, ge=0.0, le=1.0, description="Holdout AUC a retrained pCTR model needs to be published as promoted.")
     # -- stream app (impressions join, pCTR retraining) --
     pctr_promote_margin: float = Field(0.02, ge=0.0, le=1.0, description="A retrained pCTR model whose holdout AUC is more than this below the current promoted model's is published unpromoted.")
+    pctr_min_holdout_clicks: int = Field(5, ge=0, description="A retrained pCTR model is promoted only if its holdout holds at least this many clicked and this many unclicked rows (an AUC over fewer says little).")
     pctr_retrain_interval_s: float = Field(60.0, gt=0, description="Stream app: seconds between checks for enough new impressions to retrain pCTR.")
     pctr_min_new_impressions: int = Field(2000, ge=1, description="Stream app: new impressions (since the last trained window) needed to retrain pCTR.")
     pctr_train_window: int = Field(200_000, ge=100, description="Stream app: pCTR trains on at most this many most recent impressions.")

@@ -53,7 +53,7 @@ class Retrainer:
         s = self.settings
         config = self.pctr_config or PctrConfig(seed=s.seed, progress=False)
         return retrain_and_publish(
-            df, self.registry, self.encoder, config, min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin,
+            df, self.registry, self.encoder, config, min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin, min_holdout_clicks=s.pctr_min_holdout_clicks,
             extra={"source": "stream_app", "app_id": self.store.app_id, "impressions_total": int(impressions_total)},
             encoder_cache=self.encoder_cache,
         )

@@ -48,15 +48,21 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MIN_AUC = 0.55
 DEFAULT_PROMOTE_MARGIN = 0.02
+DEFAULT_MIN_HOLDOUT_CLICKS = 5
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def promotion_decision(auc: float | None, current_auc: float | None, min_auc: float, promote_margin: float) -> tuple[bool, str]:
-    """(promoted, reason). Promoted iff ``auc >= min_auc`` and, when a current promoted model
-    has an AUC, ``auc >= current_auc - promote_margin``."""
+def promotion_decision(auc: float | None, current_auc: float | None, min_auc: float, promote_margin: float,
+                       holdout_labels: tuple[int, int] | None = None, min_holdout_clicks: int = 0) -> tuple[bool, str]:
+    """(promoted, reason). Promoted iff the holdout holds at least ``min_holdout_clicks`` clicked
+    and as many unclicked rows (``holdout_labels`` = (clicked, unclicked); an AUC over fewer says
+    little: 2 rows gave 1.0 in a short ``llm-auction loop``), ``auc >= min_auc`` and, when a current
+    promoted model has an AUC, ``auc >= current_auc - promote_margin``."""
+    if holdout_labels is not None and min(holdout_labels) < min_holdout_clicks:
+        return False, f"holdout too small to judge: {holdout_labels[0]} clicked and {holdout_labels[1]} unclicked rows, {min_holdout_clicks} of each needed"
     if not _finite(auc):
         return False, "no holdout AUC"
     if auc < min_auc:
@@ -75,6 +81,7 @@ def retrain_and_publish(
     cold: bool = False,
     min_auc: float = DEFAULT_MIN_AUC,
     promote_margin: float = DEFAULT_PROMOTE_MARGIN,
+    min_holdout_clicks: int = DEFAULT_MIN_HOLDOUT_CLICKS,
     extra: Mapping[str, Any] | None = None,
     encoder_cache: str | Path | None = None,
 ) -> Manifest:
@@ -134,7 +141,8 @@ def retrain_and_publish(
             current_auc = current.metrics.get("auc")
             current_auc_source = "manifest"
     auc = metrics.get("auc")
-    promoted, reason = promotion_decision(auc, current_auc, min_auc, promote_margin)
+    clicked = int(hold.y.sum()) if len(hold) else 0
+    promoted, reason = promotion_decision(auc, current_auc, min_auc, promote_margin, (clicked, len(hold) - clicked), min_holdout_clicks)
     if current is not None and _finite(current_auc):
         metrics["current_auc"] = float(current_auc)
 
@@ -143,6 +151,7 @@ def retrain_and_publish(
         "warm_start": init_state is not None,
         "min_auc": min_auc,
         "promote_margin": promote_margin,
+        "min_holdout_clicks": min_holdout_clicks,
         "promotion": reason,
         "compared_with": current.version if current is not None else None,
         "compared_on": current_auc_source,

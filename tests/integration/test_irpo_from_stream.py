@@ -76,7 +76,7 @@ def stream_until_requested(tmp_path, kafka_bootstrap, fresh_topic, small_world, 
     env = {
         **os.environ, "LLMA_KAFKA_BOOTSTRAP": kafka_bootstrap, "LLMA_DATA_DIR": str(tmp_path / "data"), "LLMA_REGISTRY_DIR": str(tmp_path / "registry"),
         "LLMA_STREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'stream-ch'}", "LLMA_PCTR_MIN_NEW_IMPRESSIONS": str(MIN_NEW),
-        "LLMA_PCTR_RETRAIN_INTERVAL_S": "1", "LLMA_PCTR_MIN_AUC": "0.0", "LLMA_STREAM_FLUSH_INTERVAL_S": "0.5", "LLMA_STREAM_FLUSH_ROWS": "500",
+        "LLMA_PCTR_RETRAIN_INTERVAL_S": "1", "LLMA_PCTR_MIN_AUC": "0.0", "LLMA_PCTR_MIN_HOLDOUT_CLICKS": "0", "LLMA_STREAM_FLUSH_INTERVAL_S": "0.5", "LLMA_STREAM_FLUSH_ROWS": "500",
         "LLMA_IRPO_TRIGGER_ENABLED": "true", "LLMA_IRPO_TRIGGER_IMPRESSIONS": str(TRIGGER), "LLMA_LOG_FORMAT": "json", "LLMA_LOG_LEVEL": "INFO", "LLMA_SEED": "7",
     }
     app_id = f"test-irpo-stream-{uuid.uuid4().hex[:8]}"

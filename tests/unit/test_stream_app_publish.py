@@ -66,6 +66,17 @@ def test_promotion_rule(auc, current, min_auc, margin, promoted):
     assert (reason == "ok") is promoted
 
 
+@pytest.mark.parametrize(
+    "labels,minimum,promoted",
+    [((1, 1), 5, False), ((4, 200), 5, False), ((200, 4), 5, False), ((5, 5), 5, True), ((1, 1), 0, True), (None, 5, True)],
+)
+def test_promotion_needs_a_holdout_with_enough_clicked_and_unclicked_rows(labels, minimum, promoted):
+    # a short loop's first retrain: 2 holdout rows, AUC 1.0; promoted before this rule, with it not
+    ok, reason = promotion_decision(1.0, None, 0.55, 0.02, labels, minimum)
+    assert ok is promoted
+    assert ("holdout too small" in reason) is (not promoted)
+
+
 def test_worse_model_is_recorded_not_promoted_and_same_window_is_not_republished(tmp_path):
     reg = ModelRegistry(tmp_path, "pctr")
     enc = HashEncoder()
