@@ -18,12 +18,14 @@ answer, and the share of queries that get an ad. lambda = 0 is the revenue-optim
 Part B (what DPO is pushed toward), from epoch audit files (``--audit`` version folders holding
 ``irpo_samples.parquet``): each sample's reward is recomputed at each lambda from its stored
 pCTRs, bids, ad count and format error, pairs are formed with ``--delta-th`` and ``--pairing``
-as ``trainer.irpo.pair_table`` does, and the table gives the pairs, the skipped queries, and the
+(both rules by default) as ``trainer.irpo.pair_table`` does, and the table gives the pairs, the skipped queries, and the
 expected revenue and ads of the chosen against the rejected answers. Chosen answers that earn
 more than the rejected ones push the policy toward revenue; chosen answers with fewer ads push it
 toward inserting less.
 
-Writes bench/results/irpo_ceiling.json (both tables, per-query choices at lambda 1, the machine).
+Part C prints ``irpo evaluate`` outputs given with ``--evaluations`` beside the ceiling, and keeps them.
+
+Writes bench/results/irpo_ceiling.json (the tables, per-query choices at lambda 1, the machine).
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ def main() -> int:
     ap.add_argument("--candidates-k", type=int, default=8, help="candidates shown per query (the responder's narrowing)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1, 0.0])
     ap.add_argument("--audit", type=Path, nargs="*", default=[], help="policy version folders with irpo_samples.parquet (part B)")
+    ap.add_argument("--evaluations", type=Path, nargs="*", default=[], help="`irpo evaluate` JSON outputs to print beside the ceiling (part C)")
     ap.add_argument("--delta-th", type=float, default=10.0)
-    ap.add_argument("--pairing", choices=("all", "worst"), default="worst")
+    ap.add_argument("--pairing", choices=("all", "worst"), nargs="+", default=["worst", "all"], help="pairing rules for part B")
     args = ap.parse_args()
     logging.getLogger("llm_auction").setLevel(logging.WARNING)
 
@@ -207,12 +210,27 @@ def main() -> int:
     audits = {}
     for folder in args.audit:
         s = pd.read_parquet(folder / irpo.SAMPLES_FILE)
-        rows_b = audit_rows(s, args.lambdas, args.delta_th, args.pairing)
-        audits[str(folder)] = rows_b
-        print_table(f"B. {folder}: {s['query_id'].nunique()} queries x {s.groupby('query_id').size().max()} samples, "
-                    f"pairs at delta_th {args.delta_th}, pairing '{args.pairing}'", rows_b)
+        for pairing in args.pairing:
+            rows_b = audit_rows(s, args.lambdas, args.delta_th, pairing)
+            audits[f"{folder} {pairing}"] = rows_b
+            print_table(f"B. {folder}: {s['query_id'].nunique()} queries x {s.groupby('query_id').size().max()} samples, "
+                        f"pairs at delta_th {args.delta_th}, pairing '{pairing}'", rows_b)
+
+    evaluations = {}
+    for path in args.evaluations:
+        ev = json.loads(path.read_text())
+        evaluations[str(path)] = ev
+        rows_c = [{"policy": v, **{k: f"{m[k]['mean']} ({m[k]['ci95'][0]}..{m[k]['ci95'][1]})" for k in ("mean_reward", "revenue_per_query", "format_error_rate", "mean_ads")}}
+                  for v, m in ev["policies"].items()]
+        if "difference" in ev:
+            d = ev["difference"]
+            rows_c.append({"policy": "paired difference", "mean_reward": f"{d['mean_reward']['mean']} ({d['mean_reward']['ci95'][0]}..{d['mean_reward']['ci95'][1]})",
+                           "revenue_per_query": f"{d['revenue_per_query']['mean']} ({d['revenue_per_query']['ci95'][0]}..{d['revenue_per_query']['ci95'][1]})",
+                           "format_error_rate": "", "mean_ads": ""})
+        print_table(f"C. {path}: held-out evaluation, {ev['queries']} queries x {ev['samples']} answers, seed {ev['seed']}", rows_c)
 
     out |= {
+        "evaluations": evaluations,
         "ceiling": ceiling, "ceiling_per_template": per_t, "single_ad": stats, "audit": audits,
         "audit_settings": {"delta_th": args.delta_th, "pairing": args.pairing},
         "choices_lambda_1": choose(table, 1.0)[["query_id", "template", "ads", "revenue", "reward"]].to_dict("records"),
