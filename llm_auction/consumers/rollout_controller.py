@@ -19,7 +19,8 @@ Each look:
 The rule (:func:`decide`; parameters are settings, docs/rollout.md):
 
 - fewer than ``min_queries`` in either arm: wait;
-- guardrail: candidate format-error rate > stable's + ``max_format_error_increase``: roll back;
+- guardrail: the same mSPRT (mixture sd 0.1) on the format-error rate shows the candidate's above
+  the stable's + ``max_format_error_increase``: roll back;
 - mSPRT (``consumers/sequential.py``, normal mixture with sd ``tau``) on reward per query at
   level ``alpha``, valid at every look: significant and higher: promote; significant and lower:
   roll back;
@@ -83,6 +84,14 @@ class Arm:
     reward: ArmStats
 
 
+GUARDRAIL_TAU = 0.1  # mixture sd of the format-error difference: effects of a few points to a few tens
+
+
+def _bernoulli_var(rate: float, n: int) -> float:
+    """Sample variance of a 0/1 metric with mean ``rate`` over ``n`` queries."""
+    return rate * (1.0 - rate) * n / (n - 1) if n > 1 else 0.0
+
+
 def decide(rule: RolloutRule, stable: Arm, candidate: Arm) -> tuple[str | None, str, dict[str, float]]:
     """``(state, reason, test statistics)``; state is None while the canary goes on."""
     n_c, n_s = candidate.evidence.queries, stable.evidence.queries
@@ -90,9 +99,13 @@ def decide(rule: RolloutRule, stable: Arm, candidate: Arm) -> tuple[str | None, 
         return None, f"waiting: {n_c} and {n_s} queries, {rule.min_queries} needed per arm", {}
     fe_c, fe_s = candidate.evidence.format_error_rate or 0.0, stable.evidence.format_error_rate or 0.0
     r = msprt(candidate.reward, stable.reward, rule.tau, rule.alpha)
-    test = r.as_dict()
-    if fe_c > fe_s + rule.max_format_error_increase:
-        return "rolled_back", f"guardrail: format-error rate {fe_c:.3f} > stable {fe_s:.3f} + {rule.max_format_error_increase}", test
+    # the guardrail is a sequential test too: the candidate's rate, less the margin, against the
+    # stable's (a raw comparison rolled back a candidate at 4 errors in 26 against 3 in 38)
+    g = msprt(ArmStats(n_c, fe_c - rule.max_format_error_increase, _bernoulli_var(fe_c, n_c)), ArmStats(n_s, fe_s, _bernoulli_var(fe_s, n_s)), GUARDRAIL_TAU, rule.alpha)
+    test = r.as_dict() | {f"format_error_{k}": v for k, v in g.as_dict().items()}
+    if g.reject and g.diff > 0:
+        return "rolled_back", (f"guardrail: format-error rate {fe_c:.3f} exceeds stable {fe_s:.3f} by more than {rule.max_format_error_increase} "
+                               f"(always-valid p {g.p_value:.4f} <= {rule.alpha})"), test
     if r.reject:
         state = "promoted" if r.diff > 0 else "rolled_back"
         return state, f"mSPRT: reward per query differs by {r.diff:+.2f} (always-valid p {r.p_value:.4f} <= {rule.alpha}; CI {r.ci_low:+.2f}..{r.ci_high:+.2f})", test

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     rollout_max_queries: int = Field(5000, ge=2, description="Rollout controller: queries in the candidate arm at which, without a significant result, the point estimate of reward per query decides (promote if higher, else roll back).")
     rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Rollout controller: type-I error of the mSPRT on reward per query, valid however often it is checked.")
     rollout_mixture_sd: float = Field(20.0, gt=0.0, description="Rollout controller: sd (reward units) of the mSPRT's normal mixture over the difference in reward per query; of the order of the effects worth detecting.")
-    rollout_max_format_error_increase: float = Field(0.05, ge=0.0, le=1.0, description="Rollout controller guardrail: a candidate whose format-error rate exceeds the stable version's by more than this (after the minimum queries) is rolled back.")
+    rollout_max_format_error_increase: float = Field(0.05, ge=0.0, le=1.0, description="Rollout controller guardrail: a candidate whose format-error rate exceeds the stable version's by more than this, by the sequential test (always-valid p <= LLMA_ROLLOUT_ALPHA), is rolled back.")
     rollout_check_interval_s: float = Field(30.0, gt=0, description="Rollout controller: seconds between looks at the warehouse.")
 
     # -- pCTR reward model and model registry --
