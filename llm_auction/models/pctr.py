@@ -188,20 +188,31 @@ class PctrNet(nn.Module):
         return torch.sigmoid(self.logits(query_emb, answer_emb, user_idx, ad_idx))
 
 
+CHECKPOINT = "model.safetensors"  # the torch weights in a registry version, beside model.onnx
+
+
 def save_checkpoint(net: PctrNet, path: str | Path) -> Path:
-    """The torch weights (with hyperparameters), what the next retrain warm-starts from."""
+    """The torch weights, what the next retrain warm-starts from: safetensors (no pickle in the
+    registry), the hyperparameters as JSON in its metadata."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"hparams": net.hparams, "state_dict": net.state_dict()}, tmp)
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(tmp), metadata={"hparams": json.dumps(net.hparams)})
     tmp.replace(path)
     return path
 
 
 def load_checkpoint(path: str | Path) -> PctrNet:
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    net = PctrNet.from_hparams(ckpt["hparams"])
-    net.load_state_dict(ckpt["state_dict"])
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        hparams = json.loads((f.metadata() or {})["hparams"])
+    net = PctrNet.from_hparams(hparams)
+    net.load_state_dict(load_file(str(path)))
     return net
 
 

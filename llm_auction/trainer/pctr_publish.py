@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from llm_auction.logs import log_event
-from llm_auction.models.pctr import export_onnx, load_checkpoint, save_checkpoint
+from llm_auction.models.pctr import CHECKPOINT, export_onnx, load_checkpoint, save_checkpoint
 from llm_auction.trainer.pctr_fit import PctrConfig, PctrTrainer
 from llm_auction.trainer.registry import Manifest, ModelRegistry
 
@@ -98,7 +98,7 @@ def retrain_and_publish(
     parent = None if cold else current
     init_state = None
     if parent is not None:
-        ckpt = parent.path / "model.pt"
+        ckpt = parent.path / CHECKPOINT
         if ckpt.exists():
             init_state = load_checkpoint(ckpt).state_dict()
         else:
@@ -130,7 +130,7 @@ def retrain_and_publish(
     current_auc = None
     current_auc_source = None
     if current is not None:
-        ckpt = current.path / "model.pt"
+        ckpt = current.path / CHECKPOINT
         if len(hold) and ckpt.exists():
             try:
                 current_auc = trainer.evaluate(load_checkpoint(ckpt), hold).get("auc")
@@ -161,10 +161,10 @@ def retrain_and_publish(
     with tempfile.TemporaryDirectory(prefix="pctr-export-") as tmp:
         tmp = Path(tmp)
         export_onnx(result.net, tmp / "model.onnx", encoder=str(getattr(encoder, "path", "")) or None)
-        save_checkpoint(result.net, tmp / "model.pt")
+        save_checkpoint(result.net, tmp / CHECKPOINT)
         (tmp / "config.json").write_text(json.dumps(result.config, indent=2, default=str) + "\n", encoding="utf-8")
         manifest = registry.publish(
-            {"model.onnx": tmp / "model.onnx", "model.json": tmp / "model.json", "model.pt": tmp / "model.pt", "config.json": tmp / "config.json"},
+            {"model.onnx": tmp / "model.onnx", "model.json": tmp / "model.json", CHECKPOINT: tmp / CHECKPOINT, "config.json": tmp / "config.json"},
             metrics=metrics,
             parent=parent.version if parent is not None and init_state is not None else None,
             data_window=result.data_window,

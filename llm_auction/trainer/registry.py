@@ -260,6 +260,9 @@ class ModelRegistry:
         main = main or next((m for m in (DEFAULT_MAIN.get(self.kind),) if m in src), None) or next(iter(src))
         if main not in src:
             raise ValueError(f"publish: main artifact {main!r} is not among the files {sorted(src)}")
+        pickles = [n for n in src if n.lower().endswith(PICKLE_SUFFIXES)]
+        if pickles:  # every kind: nothing in the registry is loaded through pickle
+            raise ValueError(f"publish {self.kind}: pickle files are not accepted (safetensors and ONNX only): {pickles}")
         if self.kind == "policy":
             check_policy_files(src, str((extra or {}).get("policy_kind", "full")))
         file_sha = {name: sha256_file(p) for name, p in src.items()}

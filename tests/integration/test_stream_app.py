@@ -167,7 +167,7 @@ def encoder(request, text_encoder):
 
 def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kafka_bootstrap, fresh_topic, small_world, encoder):
     from llm_auction.infra.kafka import make_producer
-    from llm_auction.models.pctr import PctrScorer, load_checkpoint
+    from llm_auction.models.pctr import CHECKPOINT, PctrScorer, load_checkpoint
     from llm_auction.models.user_sim import make_user_simulator
     from llm_auction.trainer.metrics import auc
     from llm_auction.trainer.registry import ModelRegistry
@@ -276,7 +276,7 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
     assert m.extra["source"] == "stream_app" and m.extra["app_id"] == app_id and m.promoted and first.promoted
     # the published ONNX scores as torch does, and ranks phase-B clicks it never trained on
     scorer = PctrScorer(m.artifact_path, encoder=encoder)
-    net = load_checkpoint(m.path / "model.pt").eval()
+    net = load_checkpoint(m.path / CHECKPOINT).eval()
     rows = [(r, c) for r, cs in phase_b for c in cs]
     q = encoder.encode([r.query for r, _ in rows])
     a = encoder.encode([r.text for r, _ in rows])

@@ -15,6 +15,7 @@ from llm_auction.models.pctr import (
     ID_HASH,
     USER_SALT,
     IdHasher,
+    CHECKPOINT,
     OnnxMismatchError,
     PctrNet,
     PctrScorer,
@@ -157,7 +158,7 @@ def test_scorer_rejects_bad_shapes_and_missing_sidecar(tmp_path):
 
 def test_checkpoint_roundtrip_keeps_weights_and_routes(tmp_path):
     net = small_net()
-    back = load_checkpoint(save_checkpoint(net, tmp_path / "model.pt"))
+    back = load_checkpoint(save_checkpoint(net, tmp_path / CHECKPOINT))
     assert back.hparams == net.hparams
     for k, v in net.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k

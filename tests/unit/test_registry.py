@@ -167,6 +167,15 @@ def test_policy_refuses_pickle_and_incomplete_adapters(tmp_path):
     assert pol.list() == []
 
 
+def test_pctr_refuses_pickle_weights(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg", "pctr")
+    src = artifact(tmp_path, "m", b"onnx")
+    (src / "model.pt").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        reg.publish(src)
+    assert reg.list() == []
+
+
 def test_announcement_is_recorded_outside_the_version(tmp_path):
     pol = ModelRegistry(tmp_path / "reg", "policy")
     m = pol.publish(lora_folder(tmp_path / "a"), extra={"policy_kind": "lora"})
