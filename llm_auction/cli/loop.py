@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,7 @@ def run_loop(p, world, model_path: Path, o: LoopOptions, step) -> list[EpochRow]
     # the smaller arm expects canary_queries x share queries; its maximum sample sits below that
     # (the hash splits users, not queries, exactly), so the point estimate decides within the budget
     per_arm = max(o.min_queries, int(0.7 * o.canary_queries * min(o.canary_share, 1 - o.canary_share)))
-    rule = RolloutRule.from_settings(s)
-    rule = RolloutRule(o.canary_share, min(o.min_queries, per_arm), per_arm, rule.alpha, rule.tau, rule.max_format_error_increase)
+    rule = replace(RolloutRule.from_settings(s), canary_share=o.canary_share, min_queries=min(o.min_queries, per_arm), max_queries=per_arm)
     controller = RolloutController(s, p.bootstrap, p.client, p.producer, rule=rule, name="loop-controller").start()
     run = time.strftime("%H%M%S")
     rows: list[EpochRow] = []

@@ -85,16 +85,11 @@ class ControlFollower:
         self.stop()
 
     def _run(self) -> None:
-        from kafka import TopicPartition
-
-        from llm_auction.infra.kafka import make_consumer
+        from .rollout_controller import open_control_consumer
 
         try:
-            consumer = make_consumer(self.settings, self.bootstrap, None)
+            consumer = open_control_consumer(self.settings, self.bootstrap, list(self.topics))
             try:
-                parts = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or {0})]
-                consumer.assign(parts)
-                consumer.seek_to_beginning(*parts)
                 log_event(log, "following the control topics from the beginning", service=self.name, topics=list(self.topics))
                 while not self._stop.is_set():
                     polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
