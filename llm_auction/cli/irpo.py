@@ -118,6 +118,7 @@ def add_epoch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8, the weight of the ad-count and format-error penalty (the paper: 1)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="pairs per DPO step (default: the preset's)")
+    p.add_argument("--sft-weight", type=float, default=None, help="weight of the chosen answers' NLL added to the DPO loss (RPO; 0: pure DPO; default: the preset's)")
     p.add_argument("--dpo-epochs", type=float, default=None, help="passes over the pairs (default: the preset's)")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = 2r (a fresh adapter only; default: the preset's)")
     p.add_argument("--upper-layers", type=int, default=None, help="LoRA only on the top N decoder layers (a fresh adapter only; default: the preset's)")
@@ -153,7 +154,7 @@ def epoch_config(args, settings):
         candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, lam=args.lam,
         threads=args.threads, bid_seed=args.seed, sample_seed=args.seed, dpo_seed=args.seed,
     )
-    given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16}
+    given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16, "sft_weight": args.sft_weight}
     fields |= {name: v for name, v in given.items() if v is not None}
     if args.lora_r is not None:
         fields |= {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r}

@@ -311,6 +311,9 @@ def train_dpo(base_model: Path, parent_adapter: Path | None, rows_fn: Callable, 
         args = DPOConfig(
             output_dir=str(work_dir / "dpo"),
             beta=cfg.beta,
+            # RPO: DPO plus the chosen answers' NLL, weighted (IRPOConfig.sft_weight)
+            loss_type=["sigmoid", "sft"] if cfg.sft_weight > 0 else ["sigmoid"],
+            loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
             learning_rate=cfg.learning_rate,
             lr_scheduler_type=cfg.lr_scheduler_type,
             warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the steps

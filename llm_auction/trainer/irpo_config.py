@@ -62,6 +62,12 @@ Parameters, grouped by concern:
         Pairs per optimizer step = ``batch_size * gradient_accumulation_steps`` (paper: 64).
     num_epochs (`float`, defaults to `1.0`):
         Passes over the pairs.
+    sft_weight (`float`, defaults to `0.0`):
+        Weight of a negative log-likelihood term on the chosen answer added to the DPO loss (RPO,
+        Pang et al. 2024; TRL ``loss_type=["sigmoid", "sft"]``). Pure DPO (0, the paper) can lower the
+        chosen answer's likelihood along with the rejected one's and drift off the answers' format;
+        the NLL term keeps the winners (never a format error unless all samples are) likely. With
+        a weight w the first step's loss is ln 2 + w x (the chosen answers' mean token NLL).
     max_length (`int` or `None`, defaults to `None`):
         Longest prompt + completion in tokens. ``None`` sizes it from the data (the longest pair);
         a value below what the data needs is an error, never a silent truncation.
@@ -147,6 +153,7 @@ class IRPOConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     num_epochs: float = 1.0
+    sft_weight: float = 0.0
     max_length: int | None = None
     bf16: bool = True
     precompute_ref_log_probs: bool = True
@@ -189,6 +196,7 @@ class IRPOConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
         need(self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
+        need(self.sft_weight >= 0, f"sft_weight must be >= 0 (0: pure DPO), got {self.sft_weight}")
         need(self.max_length is None or self.max_length >= 2, f"max_length must be >= 2 or None (sized from the data), got {self.max_length}")
         need(self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}")
         need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")

@@ -106,6 +106,7 @@ def test_config_validates_with_clear_messages():
         (dict(backend="tgi"), "backend"),
         (dict(layers_to_transform=[-1]), "layers_to_transform"),
         (dict(lora_top_layers=0), "lora_top_layers"),
+        (dict(sft_weight=-0.1), "sft_weight"),
     ]:
         with pytest.raises(ValueError, match=msg):
             IRPOConfig(**bad)
