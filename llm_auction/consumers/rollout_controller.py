@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from llm_auction.auction.reward import AD_COUNT_PENALTY, FORMAT_ERROR_PENALTY
+from llm_auction.infra import warehouse
 from llm_auction.infra.clickhouse import describe_error
 from llm_auction.logs import log_event
 from llm_auction.schemas import PolicyVersion, RolloutEvent, SchemaError, decode, encode
@@ -115,33 +115,6 @@ def decide(rule: RolloutRule, stable: Arm, candidate: Arm) -> tuple[str | None, 
     return None, f"continuing: difference {r.diff:+.2f}, always-valid p {r.p_value:.3f}", test
 
 
-ARMS_SQL = """
-SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(reward) AS reward_per_query,
-       varSamp(reward) AS reward_var, avg(format_error) AS format_error_rate
-FROM
-(
-    SELECT r.policy_version AS policy_version, r.format_error AS format_error,
-           toFloat64(c.revenue) AS revenue,
-           toFloat64(c.revenue) - AD_COUNT_PENALTY * r.n_ads * r.n_ads - FORMAT_ERROR_PENALTY * r.format_error AS reward
-    FROM
-    (
-        SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
-        FROM llm_auction.responses FINAL
-        WHERE policy_version IN {versions:Array(String)} AND ts >= {since:DateTime64(3, 'UTC')}
-    ) AS r
-    LEFT JOIN
-    (
-        SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue
-        FROM llm_auction.clicks FINAL
-        WHERE policy_version IN {versions:Array(String)} AND ts >= {since:DateTime64(3, 'UTC')}
-        GROUP BY query_id, policy_version
-    ) AS c
-    ON r.query_id = c.query_id AND r.policy_version = c.policy_version
-)
-GROUP BY policy_version
-""".replace("AD_COUNT_PENALTY", f"{AD_COUNT_PENALTY:g}").replace("FORMAT_ERROR_PENALTY", f"{FORMAT_ERROR_PENALTY:g}")  # Eq. 8 from one place
-
-
 class DecisionStore:
     """The controller's warehouse reads and writes (one client, serialized by a lock)."""
 
@@ -150,16 +123,13 @@ class DecisionStore:
         self.lock = threading.Lock()
 
     def arms(self, versions: list[str], since: datetime) -> dict[str, Arm]:
-        try:
-            with self.lock:
-                rows = list(self.client.query(ARMS_SQL, parameters={"versions": versions, "since": since}).named_results())
-        except Exception as e:  # noqa: BLE001 - driver errors become one line
-            raise describe_error(e, "read the rollout arms") from None
+        with self.lock:
+            rows = warehouse.arm_metrics(self.client, versions, since)
         out = {v: Arm(ArmEvidence(queries=0), ArmStats(0, 0.0, 0.0)) for v in versions}
-        for r in rows:
+        for version, r in rows.items():
             n, var = int(r["queries"]), r["reward_var"]
             ev = ArmEvidence(queries=n, revenue_per_query=float(r["revenue_per_query"]), reward_per_query=float(r["reward_per_query"]), format_error_rate=float(r["format_error_rate"]))
-            out[r["policy_version"]] = Arm(ev, ArmStats(n, float(r["reward_per_query"]), float(var) if var == var and n > 1 else 0.0))
+            out[version] = Arm(ev, ArmStats(n, float(r["reward_per_query"]), float(var) if var == var and n > 1 else 0.0))
         return out
 
     def record(self, event: RolloutEvent) -> None:

@@ -287,41 +287,60 @@ def revenue_by_policy(client) -> list[dict]:
     return _rows(client, f"SELECT * FROM {DATABASE}.revenue_by_policy ORDER BY policy_version", "read revenue_by_policy")
 
 
-POLICY_METRICS_SQL = f"""
-SELECT r.policy_version AS policy_version, count() AS queries,
-       sum(c.revenue) / count() AS revenue_per_query,
-       avg(toFloat64(c.revenue) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error) AS reward_per_query,
-       sum(c.clicks) / nullIf(sum(r.n_ads), 0) AS ctr,
-       avg(r.n_ads) AS ads_per_answer,
-       avg(r.format_error) AS format_error_rate
+def _arm_metrics_sql(where: str) -> str:
+    """Per policy version over the answers ``where`` selects (applied to responses and clicks alike):
+    Eq. 8's reward with the observed clicks per answer (revenue - 10 n_ads^2 - 500 format_error),
+    its mean and sample variance, revenue per query, CTR, ads per answer, format-error rate. The one
+    query behind the loop's table and the rollout controller's arms."""
+    return f"""
+SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(reward) AS reward_per_query,
+       varSamp(reward) AS reward_var, sum(clicks) / nullIf(sum(n_ads), 0) AS ctr, avg(n_ads) AS ads_per_answer,
+       avg(format_error) AS format_error_rate
 FROM
 (
-    SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
-    FROM {DATABASE}.responses FINAL
-    WHERE multiSearchAny(query_id, {{tags:Array(String)}})
-) AS r
-LEFT JOIN
-(
-    SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks
-    FROM {DATABASE}.clicks FINAL
-    WHERE multiSearchAny(query_id, {{tags:Array(String)}})
-    GROUP BY query_id, policy_version
-) AS c
-ON r.query_id = c.query_id AND r.policy_version = c.policy_version
-GROUP BY r.policy_version
-ORDER BY r.policy_version
+    SELECT r.policy_version AS policy_version, r.n_ads AS n_ads, r.format_error AS format_error, c.clicks AS clicks,
+           toFloat64(c.revenue) AS revenue,
+           toFloat64(c.revenue) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error AS reward
+    FROM
+    (
+        SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
+        FROM {DATABASE}.responses FINAL
+        WHERE {where}
+    ) AS r
+    LEFT JOIN
+    (
+        SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks
+        FROM {DATABASE}.clicks FINAL
+        WHERE {where}
+        GROUP BY query_id, policy_version
+    ) AS c
+    ON r.query_id = c.query_id AND r.policy_version = c.policy_version
+)
+GROUP BY policy_version
+ORDER BY policy_version
 """
+
+
+POLICY_METRICS_SQL = _arm_metrics_sql("multiSearchAny(query_id, {tags:Array(String)})")
+ARMS_SQL = _arm_metrics_sql("policy_version IN {versions:Array(String)} AND ts >= {since:DateTime64(3, 'UTC')}")
 
 
 def policy_metrics(client, run_ids: Sequence[str]) -> dict[str, dict]:
     """Per policy version, over the answers to the replays ``run_ids`` (a replay's query ids hold
     ``.<run_id>.``): queries, revenue_per_query, reward_per_query (Eq. 8 with the observed clicks:
-    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), ctr (clicks per exposed
-    ad), ads_per_answer, format_error_rate."""
+    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), reward_var, ctr (clicks per
+    exposed ad), ads_per_answer, format_error_rate."""
     if not run_ids:
         return {}
     params = {"tags": [f".{r}." for r in run_ids]}
     return {r.pop("policy_version"): r for r in _rows(client, POLICY_METRICS_SQL, "read policy metrics", params)}
+
+
+def arm_metrics(client, versions: Sequence[str], since: datetime) -> dict[str, dict]:
+    """``policy_metrics``' columns per version of ``versions`` over its answers since ``since``
+    (the rollout controller's arms); a version without answers is absent."""
+    params = {"versions": list(versions), "since": _utc(since)}
+    return {r.pop("policy_version"): r for r in _rows(client, ARMS_SQL, "read the rollout arms", params)}
 
 
 def revenue_per_minute(client, since: datetime | None = None) -> list[dict]:
