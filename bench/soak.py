@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from common import StealMeter, machine, table, write_results  # noqa: E402
 
 from llm_auction.infra.broker import LocalBroker  # noqa: E402
-from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
+from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader  # noqa: E402
 from llm_auction.infra.lag import LagReader  # noqa: E402
 from llm_auction.producers.replay import ReplayConfig, replay  # noqa: E402
 from llm_auction.producers.world import World, WorldSpec, generate_world  # noqa: E402
@@ -83,14 +83,9 @@ class Watcher(threading.Thread):
         self.last_new = time.monotonic()
 
     def run(self) -> None:
-        from kafka import TopicPartition
-
         try:
-            consumer = make_consumer(self.settings, self.bootstrap, None)
+            consumer = open_reader(self.settings, self.bootstrap, (QUERIES, RESPONSES, CLICKS, DEAD_LETTER))
             try:
-                topics = (QUERIES, RESPONSES, CLICKS, DEAD_LETTER)
-                consumer.assign([TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())])
-                consumer.seek_to_beginning()
                 while not self.halt.is_set():
                     polled = consumer.poll(timeout_ms=200)
                     with self.lock:

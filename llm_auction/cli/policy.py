@@ -29,7 +29,8 @@ def register_rollout(pc: argparse._SubParsersAction) -> None:
 
 def _decide(args) -> int:
     from llm_auction.cli import CliError
-    from llm_auction.consumers.rollout_controller import open_control_consumer, operator_event, read_topics
+    from llm_auction.consumers.rollout_controller import operator_event, read_topics
+    from llm_auction.infra.kafka import open_reader
     from llm_auction.infra.kafka import ensure_topics, make_producer
     from llm_auction.schemas import RolloutEvent, encode
     from llm_auction.schemas.settings import get_settings
@@ -40,7 +41,7 @@ def _decide(args) -> int:
     if not bootstrap:
         raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
     ensure_topics(s, bootstrap)
-    consumer = open_control_consumer(s, bootstrap, [ROLLOUT])
+    consumer = open_reader(s, bootstrap, [ROLLOUT])
     try:
         history = read_topics(consumer, {ROLLOUT: RolloutEvent})
     finally:

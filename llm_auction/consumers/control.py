@@ -85,10 +85,10 @@ class ControlFollower:
         self.stop()
 
     def _run(self) -> None:
-        from .rollout_controller import open_control_consumer
+        from llm_auction.infra.kafka import open_reader
 
         try:
-            consumer = open_control_consumer(self.settings, self.bootstrap, list(self.topics))
+            consumer = open_reader(self.settings, self.bootstrap, list(self.topics))
             try:
                 log_event(log, "following the control topics from the beginning", service=self.name, topics=list(self.topics))
                 while not self._stop.is_set():

@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 
 from llm_auction.infra import warehouse
 from llm_auction.infra.clickhouse import describe_error
+from llm_auction.infra.kafka import open_reader
 from llm_auction.logs import log_event
 from llm_auction.schemas import PolicyVersion, RolloutEvent, SchemaError, decode, encode
 from llm_auction.schemas.events import ArmEvidence
@@ -173,19 +174,6 @@ def read_topics(consumer, topics: dict[str, type]) -> list:
     return out
 
 
-def open_control_consumer(settings, bootstrap: str, topics):
-    """A group-less consumer assigned every partition of ``topics``, at their beginning."""
-    from kafka import TopicPartition
-
-    from llm_auction.infra.kafka import make_consumer
-
-    consumer = make_consumer(settings, bootstrap, None)
-    parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or {0})]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    return consumer
-
-
 class RolloutController:
     """Canary, measure, decide; see the module docstring. ``step()`` is one look."""
 
@@ -205,7 +193,7 @@ class RolloutController:
     # -- state ---------------------------------------------------------------------------------
     def start(self) -> "RolloutController":
         """Read both topics from the beginning and reconcile them with the decisions table."""
-        self.consumer = open_control_consumer(self.settings, self.bootstrap, [self.policy_topic, self.rollout_topic])
+        self.consumer = open_reader(self.settings, self.bootstrap, [self.policy_topic, self.rollout_topic])
         self._follow()
         recorded = self.store.recorded()
         self._recorded = {e.event_id for e in recorded}
@@ -361,4 +349,4 @@ def operator_event(history: list[RolloutEvent], default_stable: str, action: str
     raise ValueError(f"unknown action {action!r}")
 
 
-__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "decide", "open_control_consumer", "operator_event", "read_topics"]
+__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "decide", "operator_event", "read_topics"]

@@ -326,3 +326,19 @@ def make_consumer(settings: Settings, bootstrap: str | None, group_id: str | Non
         return KafkaConsumer(*topic_list, **cfg)
     except KafkaError as e:
         raise unreachable(",".join(cfg["bootstrap_servers"]), _first_line(e)) from None
+
+
+def open_reader(settings: Settings, bootstrap: str | None, topics: Iterable[str], **overrides: Any) -> KafkaConsumer:
+    """A group-less consumer assigned every partition of ``topics``, at their beginning; it commits nothing.
+
+    For reading topics whole: the control topics' state at start (the local broker keeps no
+    compacted topics), and tests and benchmarks that count what a topic holds. A topic whose
+    partitions the broker does not list yet is read as partition 0 (the control topics have one).
+    """
+    from kafka import TopicPartition
+
+    consumer = make_consumer(settings, bootstrap, None, **overrides)
+    parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or {0})]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    return consumer

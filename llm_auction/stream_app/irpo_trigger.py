@@ -102,10 +102,11 @@ class TriggerState:
 
     def follow(self) -> None:
         """Read what is new on the rollout and request topics (from the beginning the first time)."""
-        from llm_auction.consumers.rollout_controller import open_control_consumer, read_topics
+        from llm_auction.consumers.rollout_controller import read_topics
+        from llm_auction.infra.kafka import open_reader
 
         if self.consumer is None:
-            self.consumer = open_control_consumer(self.settings, self.bootstrap, [self.rollout_topic, self.requests_topic])
+            self.consumer = open_reader(self.settings, self.bootstrap, [self.rollout_topic, self.requests_topic])
         for e in read_topics(self.consumer, {self.rollout_topic: RolloutEvent, self.requests_topic: EpochRequest}):
             if isinstance(e, RolloutEvent):
                 self.latest_rollout = e

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_auction.infra.kafka import admin_client, make_consumer
+from llm_auction.infra.kafka import admin_client, open_reader
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.schemas import ClickEvent, DeadLetter, ResponseEvent, decode
 from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, QUERIES, RESPONSES
@@ -167,13 +167,9 @@ class TopicWatcher(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from kafka import TopicPartition
-
         try:
-            consumer = make_consumer(self.settings, self.bootstrap, None)
+            consumer = open_reader(self.settings, self.bootstrap, self.TOPICS)
             try:
-                consumer.assign([TopicPartition(t, p) for t in self.TOPICS for p in sorted(consumer.partitions_for_topic(t) or ())])
-                consumer.seek_to_beginning()
                 while not self.halt.is_set():
                     polled = consumer.poll(timeout_ms=200)
                     with self.lock:

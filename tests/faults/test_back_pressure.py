@@ -23,7 +23,7 @@ from faults_support import SlowStoredBackend, report_counts
 from llm_auction.consumers import build
 from llm_auction.consumers.service import run_in_threads
 from llm_auction.infra.broker import LocalBroker
-from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
+from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader
 from llm_auction.infra.lag import LagReader
 from llm_auction.producers.replay import ReplayConfig, replay
 from llm_auction.schemas import ResponseEvent, decode
@@ -50,12 +50,8 @@ def _monitor_lag(bootstrap: str, tmp_path) -> dict[tuple[str, str], int]:
 
 def _responses(settings, bootstrap: str, run: str) -> tuple[list[str], int]:
     """The query ids answered on the responses topic (copies included) and the dead letters, read from the start."""
-    from kafka import TopicPartition
-
-    c = make_consumer(settings, bootstrap, None)
+    c = open_reader(settings, bootstrap, (RESPONSES, DEAD_LETTER))
     try:
-        c.assign([TopicPartition(t, p) for t in (RESPONSES, DEAD_LETTER) for p in sorted(c.partitions_for_topic(t) or ())])
-        c.seek_to_beginning()
         answered, dead = [], 0
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 1.5:

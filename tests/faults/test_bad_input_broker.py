@@ -23,7 +23,7 @@ from llm_auction.consumers.service import ServiceConfig, StreamService, run_in_t
 from llm_auction.consumers.sink import SinkHandler
 from llm_auction.consumers.user_sim import UserSimHandler
 from llm_auction.infra import warehouse
-from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
+from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer, open_reader
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.models.user_sim import make_user_simulator
 from llm_auction.schemas import ClickEvent, DeadLetter, QueryEvent, ResponseEvent, decode, encode
@@ -49,13 +49,9 @@ def _draw(strategy, n: int) -> list:
 def _read_dead_letters(settings_, bootstrap, sources: set[str], expect: int, timeout_s: float = 60.0) -> list[DeadLetter]:
     """Every dead letter from ``sources`` on the dead-letter topic, read from the beginning; waits
     for ``expect`` of them, then 2 s more for any extra copy."""
-    from kafka import TopicPartition
-
-    consumer = make_consumer(settings_, bootstrap, None)
+    consumer = open_reader(settings_, bootstrap, [DEAD_LETTER])
     out: list[DeadLetter] = []
     try:
-        consumer.assign([TopicPartition(DEAD_LETTER, p) for p in sorted(consumer.partitions_for_topic(DEAD_LETTER))])
-        consumer.seek_to_beginning()
         deadline, quiet_until = time.monotonic() + timeout_s, None
         while time.monotonic() < deadline:
             for recs in consumer.poll(timeout_ms=300).values():  # max_records unset: a one-partition topic (docs/kafka.md)

@@ -35,7 +35,7 @@ from faults_support import SlowStoredBackend, report_counts
 
 from llm_auction.consumers import build
 from llm_auction.infra.broker import LocalBroker
-from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
+from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.models.user_sim import make_user_simulator
 from llm_auction.producers.replay import ReplayConfig, replay
@@ -62,12 +62,8 @@ def _rows(client, run: str) -> dict:
 
 def _topic(settings, bootstrap: str, topic: str, model, run: str) -> list:
     """Every event of ``run`` on ``topic`` of the broker as it is now, read from the start."""
-    from kafka import TopicPartition
-
-    c = make_consumer(settings, bootstrap, None)
+    c = open_reader(settings, bootstrap, [topic])
     try:
-        c.assign([TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())])
-        c.seek_to_beginning()
         out, quiet = [], time.monotonic()
         while time.monotonic() - quiet < 1.5:
             polled = c.poll(timeout_ms=200)

@@ -40,9 +40,10 @@ MIN_NEW = 600  # impressions for a pCTR retrain
 
 
 def read_all(settings, bootstrap, topic, model):
-    from llm_auction.consumers.rollout_controller import open_control_consumer, read_topics
+    from llm_auction.consumers.rollout_controller import read_topics
+    from llm_auction.infra.kafka import open_reader
 
-    c = open_control_consumer(settings, bootstrap, [topic])
+    c = open_reader(settings, bootstrap, [topic])
     try:
         return read_topics(c, {topic: model})
     finally:

@@ -16,7 +16,7 @@ import pytest
 from llm_auction.consumers import build
 from llm_auction.consumers.service import run_in_threads
 from llm_auction.infra import warehouse
-from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer
+from llm_auction.infra.kafka import ensure_topics, make_consumer, make_producer, open_reader
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.models.user_sim import make_user_simulator
 from llm_auction.producers.replay import ReplayConfig, replay
@@ -101,13 +101,9 @@ def test_every_query_answered_clicked_and_billed_exactly_once(loop, small_world,
 def _next_offsets(settings, bootstrap, topic: str) -> dict[int, int]:
     """Per partition of ``topic``: the offset after its last record, read from the records themselves
     (Tansu's ListOffsets(latest) can come back short, so end_offsets is not used)."""
-    from kafka import TopicPartition
-
-    consumer = make_consumer(settings, bootstrap, None)  # no group: assigned every partition, from the start
+    consumer = open_reader(settings, bootstrap, [topic])
     ends: dict[int, int] = {}
     try:
-        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))])
-        consumer.seek_to_beginning()
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < 2.0:
             polled = consumer.poll(timeout_ms=300)

@@ -59,10 +59,10 @@ def synthetic_arm(version: str, n: int, click_rate: float, since: datetime, seed
 def test_rollout_canary_decision_rollback_and_a_tampered_version(tiny_model_dir, kafka_settings, kafka_bootstrap, fresh_topic, clickhouse_client, tmp_path):  # noqa: F811
     from llm_auction.consumers.control import ControlFollower
     from llm_auction.consumers.responder import ResponderHandler
-    from llm_auction.consumers.rollout_controller import RolloutController, RolloutRule, open_control_consumer, operator_event, read_topics
+    from llm_auction.consumers.rollout_controller import RolloutController, RolloutRule, operator_event, read_topics
     from llm_auction.consumers.routing import PolicyRouter, bucket
     from llm_auction.consumers.service import Item
-    from llm_auction.infra.kafka import make_producer
+    from llm_auction.infra.kafka import make_producer, open_reader
     from llm_auction.infra.warehouse import insert_clicks, insert_responses
     from llm_auction.models.adllm import SamplingConfig
 
@@ -143,7 +143,7 @@ def test_rollout_canary_decision_rollback_and_a_tampered_version(tiny_model_dir,
         wait_for(lambda: follower.apply_pending() or (follower.desired is not None and follower.desired.event_id == rollout.event_id), what="the rollout to the refused version")
         assert v2.version not in backend.versions and follower.router.state.candidate is None
         assert set(serve().values()) == {"base"}
-        consumer = open_control_consumer(settings, kafka_bootstrap, [dl])
+        consumer = open_reader(settings, kafka_bootstrap, [dl])
         dead = read_topics(consumer, {dl: DeadLetter})
         consumer.close()
         assert len(dead) == 1 and dead[0].source_topic == pv and "sha256 mismatch for ['adapter_model.safetensors']" in dead[0].error

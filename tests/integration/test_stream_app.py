@@ -117,15 +117,10 @@ def wait_for(pred, timeout: float, what: str, worker: Worker):
 
 
 def read_versions(settings, bootstrap, topic) -> list[PctrVersion]:
-    from kafka import TopicPartition
+    from llm_auction.infra.kafka import open_reader
 
-    from llm_auction.infra.kafka import make_consumer
-
-    c = make_consumer(settings, bootstrap, None)
+    c = open_reader(settings, bootstrap, [topic])
     try:
-        tp = TopicPartition(topic, 0)
-        c.assign([tp])
-        c.seek_to_beginning(tp)
         out, idle = [], 0
         while idle < 3:
             batch = c.poll(timeout_ms=500)
