@@ -46,9 +46,10 @@ class LoopOptions:
     chunk: int = 32  # queries replayed between two looks of the controller
     canary_share: float = 0.5  # both arms gather evidence at the same pace
     min_queries: int = 24  # per arm before the controller may decide
-    irpo_queries: int = 16  # train queries per IRPO epoch (x samples answers)
+    irpo_queries: int = 32  # train queries per IRPO epoch (x samples answers); 16 formed 9-20 pairs
     samples: int = 5
     pairing: str = "all"  # the paper's rule: every loser; "worst": one pair per query
+    sft_weight: float = 1.0  # the chosen answers' NLL added to DPO (RPO; IRPOConfig.sft_weight): keeps the answer format
     reward: str = "auto"  # pctr | oracle | auto (pCTR once a version passed its AUC gate, else the oracle)
     report: Path | None = None  # folder for the PNGs and summary.md
 
@@ -101,6 +102,8 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: LoopOptions) -> None:
     p.add_argument("--pairing", choices=["all", "worst"], default=d.pairing,
                    help="IRPO pairs: the winner against every answer more than delta_th below it (the paper), or against the worst only "
                    "(fewer pairs, faster DPO; its pairs mostly contrast format errors: docs/irpo.md)")
+    p.add_argument("--sft-weight", type=float, default=d.sft_weight,
+                   help="weight of the chosen answers' NLL added to the DPO loss (RPO; 0: pure DPO, which drifted into format errors: docs/irpo.md)")
     p.add_argument("--reward", choices=["auto", "pctr", "oracle"], default=d.reward,
                    help="IRPO's click probabilities: the promoted pCTR model, the user simulator's exact ones (the paper's Oracle), "
                    "or auto: pCTR once a version passed its AUC gate (LLMA_PCTR_MIN_AUC), the oracle before (a few hundred impressions rarely pass)")
@@ -113,11 +116,14 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: LoopOptions) -> None:
 def options_from_args(args, report: Path | None) -> LoopOptions:
     from llm_auction.cli import CliError
 
-    o = LoopOptions(args.epochs, args.serve_queries, args.canary_queries, LoopOptions.chunk, args.canary_share, args.min_queries,
-                    args.irpo_queries, args.samples, args.pairing, args.reward, report)
+    o = LoopOptions(epochs=args.epochs, serve_queries=args.serve_queries, canary_queries=args.canary_queries, canary_share=args.canary_share,
+                    min_queries=args.min_queries, irpo_queries=args.irpo_queries, samples=args.samples, pairing=args.pairing,
+                    sft_weight=args.sft_weight, reward=args.reward, report=report)
     problems = [f"--{k.replace('_', '-')} must be >= {lo}" for k, lo in (("epochs", 0), ("serve_queries", 1), ("canary_queries", 2), ("min_queries", 1), ("irpo_queries", 1), ("samples", 2)) if getattr(o, k) < lo]
     if not 0.0 < o.canary_share < 1.0:
         problems.append("--canary-share must be in (0, 1)")
+    if o.sft_weight < 0:
+        problems.append("--sft-weight must be >= 0")
     if problems:
         raise CliError("; ".join(problems))
     return o
@@ -241,7 +247,7 @@ def irpo_epoch(p, world, model_path: Path, parent: str, pctr, pctr_version: str,
 
     s = p.settings
     registry = ModelRegistry(s.resolved_registry_dir(), "policy")
-    cfg = IRPOConfig.cpu(queries=o.irpo_queries, query_offset=(t - 1) * o.irpo_queries, samples_per_query=o.samples, pairing=o.pairing, oracle=pctr_version == "oracle",
+    cfg = IRPOConfig.cpu(queries=o.irpo_queries, query_offset=(t - 1) * o.irpo_queries, samples_per_query=o.samples, pairing=o.pairing, sft_weight=o.sft_weight, oracle=pctr_version == "oracle",
                          candidates_k=s.candidates_k, bid_seed=s.seed + t, sample_seed=s.seed + t, dpo_seed=s.seed + t,
                          # DPO runs beside the serving engine: two pairs per step keep activations small (4.6 GB
                          # RSS with the engine's client), and a short epoch still takes several steps (with one
