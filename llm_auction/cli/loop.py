@@ -68,7 +68,7 @@ class EpochRow:
 
 COLUMNS = [
     ("epoch", "epoch", "{:d}"), ("version", "version", "{}"), ("role", "role", "{}"), ("decision", "decision", "{}"), ("reward_model", "trained on", "{}"),
-    ("queries", "queries", "{:d}"), ("revenue_per_query", "revenue/q", "{:.2f}"), ("reward_per_query", "reward/q", "{:.1f}"),
+    ("queries", "queries", "{:d}"), ("revenue_per_query", "revenue/q", "{:.2f}"), ("expected_revenue_per_query", "E[rev]/q", "{:.2f}"), ("reward_per_query", "reward/q", "{:.1f}"),
     ("ctr", "CTR", "{:.3f}"), ("ads_per_answer", "ads/answer", "{:.2f}"), ("format_error_rate", "format err", "{:.1%}"),
 ]
 
@@ -248,11 +248,10 @@ def irpo_epoch(p, world, model_path: Path, parent: str, pctr, pctr_version: str,
     s = p.settings
     registry = ModelRegistry(s.resolved_registry_dir(), "policy")
     cfg = IRPOConfig.cpu(queries=o.irpo_queries, query_offset=(t - 1) * o.irpo_queries, samples_per_query=o.samples, pairing=o.pairing, sft_weight=o.sft_weight, oracle=pctr_version == "oracle",
-                         candidates_k=s.candidates_k, bid_seed=s.seed + t, sample_seed=s.seed + t, dpo_seed=s.seed + t,
-                         # DPO runs beside the serving engine: two pairs per step keep activations small (4.6 GB
-                         # RSS with the engine's client), and a short epoch still takes several steps (with one
-                         # step of 4 pairs, warmup left its only step at learning rate 0: the version was the parent)
-                         batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3)
+                         candidates_k=s.candidates_k, bid_seed=s.seed + t, sample_seed=s.seed + t, dpo_seed=s.seed + t)
+    # The CPU preset's 2 pairs per step matter here twice: DPO runs beside the serving engine (4.6 GB
+    # RSS with the engine's client), and a short epoch still takes several steps (with one step of 4
+    # pairs, warmup left its only step at learning rate 0: the version was the parent).
     base = p.backend.config.base_version
     step("IRPO epoch: sample, score, pair, DPO", epoch=t, parent=parent, queries=cfg.queries, samples=cfg.samples_per_query, reward=pctr_version)
     result = irpo.run_epoch(

@@ -290,16 +290,19 @@ def revenue_by_policy(client) -> list[dict]:
 def _arm_metrics_sql(where: str) -> str:
     """Per policy version over the answers ``where`` selects (applied to responses and clicks alike):
     Eq. 8's reward with the observed clicks per answer (revenue - 10 n_ads^2 - 500 format_error),
-    its mean and sample variance, revenue per query, CTR, ads per answer, format-error rate. The one
-    query behind the loop's table and the rollout controller's arms."""
+    its mean and sample variance, revenue per query, expected revenue per query (sum of bid x the
+    simulator's click probability over exposed ads: the revenue before the click draw, with far less
+    variance; an ad whose click has no probability counts 0), CTR, ads per answer, format-error rate.
+    The one query behind the loop's table and the rollout controller's arms."""
     return f"""
-SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(reward) AS reward_per_query,
+SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(expected_revenue) AS expected_revenue_per_query,
+       avg(reward) AS reward_per_query,
        varSamp(reward) AS reward_var, sum(clicks) / nullIf(sum(n_ads), 0) AS ctr, avg(n_ads) AS ads_per_answer,
        avg(format_error) AS format_error_rate
 FROM
 (
     SELECT r.policy_version AS policy_version, r.n_ads AS n_ads, r.format_error AS format_error, c.clicks AS clicks,
-           toFloat64(c.revenue) AS revenue,
+           toFloat64(c.revenue) AS revenue, ifNull(c.expected_revenue, 0) AS expected_revenue,
            toFloat64(c.revenue) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error AS reward
     FROM
     (
@@ -309,7 +312,8 @@ FROM
     ) AS r
     LEFT JOIN
     (
-        SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks
+        SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks,
+               sum(toFloat64(bid) * ifNull(click_probability, 0)) AS expected_revenue
         FROM {DATABASE}.clicks FINAL
         WHERE {where}
         GROUP BY query_id, policy_version
@@ -328,8 +332,8 @@ ARMS_SQL = _arm_metrics_sql("policy_version IN {versions:Array(String)} AND ts >
 def policy_metrics(client, run_ids: Sequence[str]) -> dict[str, dict]:
     """Per policy version, over the answers to the replays ``run_ids`` (a replay's query ids hold
     ``.<run_id>.``): queries, revenue_per_query, reward_per_query (Eq. 8 with the observed clicks:
-    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), reward_var, ctr (clicks per
-    exposed ad), ads_per_answer, format_error_rate."""
+    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), reward_var,
+    expected_revenue_per_query, ctr (clicks per exposed ad), ads_per_answer, format_error_rate."""
     if not run_ids:
         return {}
     params = {"tags": [f".{r}." for r in run_ids]}

@@ -253,3 +253,43 @@ def test_inserts_store_every_column_type_as_clickhouse_connect_does(clickhouse_c
         client.insert_arrow(table, data, database="llm_auction")
     assert ours == dump()
     assert [len(ours[t]) for t in tables] == [50, 300, len(clicks)]
+
+
+def test_per_version_metrics_of_the_loop_and_the_controller_are_eq8_over_answers(clickhouse_client):
+    """``policy_metrics`` (the loop's table, by replay tag) and ``arm_metrics`` (the rollout
+    controller's arms, by version and time) read one query: per answer, revenue from the clicks,
+    expected revenue (bid x the simulator's click probability, 0 where it gave none, 0 for an answer
+    without ads), Eq. 8's reward; then per version the means, the reward's sample variance, CTR per
+    exposed ad, ads per answer and format-error rate."""
+    import numpy as np
+
+    t = T0 + timedelta(hours=5)
+
+    def answer(i, version, ads, format_error=False):
+        q = QueryEvent(query_id=f"pm.run7.{i}", user=USERS[0], query="q", candidates=ADS[:3], ts=t)
+        return ResponseEvent.for_query(event_id=f"pm-r{i}", query_id=q.query_id, policy_version=version, query=q, text="t", exposed_ad_ids=ads,
+                                       n_ads=len(ads), format_error=format_error, format_reasons=["bad marker"] if format_error else [], ts=t)
+
+    def click(i, ad, version, clicked, bid, p):
+        return ClickEvent(event_id=f"pm-c{i}-{ad}", query_id=f"pm.run7.{i}", ad_id=ad, clicked=clicked, policy_version=version, user_id="u0", bid=bid, click_probability=p, ts=t)
+
+    responses = [answer(1, "pm-a", ["Ad-0001"]), answer(2, "pm-a", ["Ad-0001", "Ad-0002"]), answer(3, "pm-a", [], format_error=True), answer(4, "pm-b", ["Ad-0003"])]
+    clicks = [click(1, "Ad-0001", "pm-a", True, 10, 0.3), click(2, "Ad-0001", "pm-a", False, 10, 0.2), click(2, "Ad-0002", "pm-a", True, 20, 0.5),
+              click(4, "Ad-0003", "pm-b", True, 40, None)]
+    warehouse.insert_responses(clickhouse_client, responses)
+    warehouse.insert_clicks(clickhouse_client, clicks)
+    rewards_a = [10 - 10, 20 - 40, 0 - 500]
+    expected = {
+        "pm-a": {"queries": 3, "revenue_per_query": 10.0, "expected_revenue_per_query": (3.0 + 12.0 + 0.0) / 3, "reward_per_query": np.mean(rewards_a),
+                 "reward_var": np.var(rewards_a, ddof=1), "ctr": 2 / 3, "ads_per_answer": 1.0, "format_error_rate": 1 / 3},
+        "pm-b": {"queries": 1, "revenue_per_query": 40.0, "expected_revenue_per_query": 0.0, "reward_per_query": 30.0,
+                 "ctr": 1.0, "ads_per_answer": 1.0, "format_error_rate": 0.0},
+    }
+    by_tag = warehouse.policy_metrics(clickhouse_client, ["run7"])
+    by_arm = warehouse.arm_metrics(clickhouse_client, ["pm-a", "pm-b"], t - timedelta(seconds=1))
+    for got in (by_tag, by_arm):
+        assert set(got) == {"pm-a", "pm-b"}
+        for version, want in expected.items():
+            assert {k: got[version][k] for k in want} == pytest.approx(want), version
+    assert warehouse.arm_metrics(clickhouse_client, ["pm-a"], t + timedelta(seconds=1)) == {}  # nothing since then
+    assert warehouse.policy_metrics(clickhouse_client, ["run8"]) == {}
