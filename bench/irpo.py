@@ -121,7 +121,7 @@ def main() -> int:
         queries = args.queries or (48 if name == "tiny" else 16)
         backend_name = "transformers" if name == "tiny" else args.backend
         # the tiny model's test settings (tests/integration/test_irpo.py); SmolLM2: the CPU preset
-        extra = dict(learning_rate=1e-2, num_epochs=3, pairing="all", bf16=False) if name == "tiny" else {}
+        extra = dict(learning_rate=1e-2, num_epochs=3, batch_size=4, pairing="all", sft_weight=0.0, bf16=False) if name == "tiny" else {}
         cfg = IRPOConfig.cpu(queries=queries, samples_per_query=args.samples, candidates_k=args.candidates_k, max_new_tokens=args.max_new_tokens,
                              oracle=True, threads=2, backend=backend_name, **extra)
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=0)

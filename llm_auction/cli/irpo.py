@@ -113,7 +113,7 @@ def add_epoch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", type=Path, default=None, help="world folder (default: <LLMA_DATA_DIR>/world)")
     p.add_argument("--candidates-k", type=int, default=-1, help="candidates shown per query (default: LLMA_CANDIDATES_K; 0: all)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="answer length limit when sampling")
-    p.add_argument("--pairing", choices=("all", "worst"), default="worst", help="'all' losers per query (the paper) or the 'worst' one (CPU)")
+    p.add_argument("--pairing", choices=("all", "worst"), default=None, help="'all' losers per query (the paper) or only the 'worst' one (default: the preset's, all)")
     p.add_argument("--delta-th", type=float, default=10.0, help="a loser's reward is more than this below the winner's")
     p.add_argument("--lam", type=float, default=1.0, help="lambda of Eq. 8, the weight of the ad-count and format-error penalty (the paper: 1)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the LoRA weights, cosine, warmup 0.1 (default: the preset's)")
@@ -151,10 +151,10 @@ def epoch_config(args, settings):
     k = settings.candidates_k if args.candidates_k < 0 else (args.candidates_k or None)
     fields = dict(
         queries=args.queries, query_offset=args.offset, samples_per_query=args.samples, oracle=args.oracle, backend=args.backend,
-        candidates_k=k, max_new_tokens=args.max_new_tokens, pairing=args.pairing, delta_th=args.delta_th, lam=args.lam,
+        candidates_k=k, max_new_tokens=args.max_new_tokens, delta_th=args.delta_th, lam=args.lam,
         threads=args.threads, bid_seed=args.seed, sample_seed=args.seed, dpo_seed=args.seed,
     )
-    given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16, "sft_weight": args.sft_weight}
+    given = {"learning_rate": args.lr, "batch_size": args.batch_size, "num_epochs": args.dpo_epochs, "bf16": args.bf16, "sft_weight": args.sft_weight, "pairing": args.pairing}
     fields |= {name: v for name, v in given.items() if v is not None}
     if args.lora_r is not None:
         fields |= {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r}

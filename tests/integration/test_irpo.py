@@ -44,7 +44,7 @@ def test_one_epoch_on_the_tiny_model(tiny_model_dir, small_world, text_encoder, 
     # config (docs/irpo.md), held-out diff and 95% CI: seed 0 +428 (397..456), seed 1 +338
     # (297..375), seed 2 +344 (301..382); "all" pairs (the paper's rule) give ~65 pairs of 48
     # queries where "worst" gives ~17, too few to move the policy ("worst", lr 5e-3, seed 0: +3, CI -25..31).
-    cfg = IRPOConfig(queries=48, candidates_k=8, max_new_tokens=96, learning_rate=1e-2, num_epochs=3, batch_size=4, pairing="all", bf16=False, oracle=True, threads=2)
+    cfg = IRPOConfig(queries=48, candidates_k=8, max_new_tokens=96, learning_rate=1e-2, num_epochs=3, batch_size=4, pairing="all", sft_weight=0.0, bf16=False, oracle=True, threads=2)
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=0)
     backend = make_backend("transformers", tiny_model_dir, sampling=sampling, num_threads=1)
     # The oracle reward (the paper's LLM-Auction (Oracle)): the simulator's exact click probabilities.

@@ -160,7 +160,7 @@ def check_served_once(story: Story, registry_dir, bootstrap: str, fresh_group):
     return m
 
 
-EPOCH = dict(queries=16, samples_per_query=4, candidates_k=8, max_new_tokens=48, pairing="all", learning_rate=1e-2, num_epochs=1, batch_size=4, bf16=False, threads=2, backend="transformers")
+EPOCH = dict(queries=16, samples_per_query=4, candidates_k=8, max_new_tokens=48, pairing="all", sft_weight=0.0, learning_rate=1e-2, num_epochs=1, batch_size=4, bf16=False, threads=2, backend="transformers")
 
 
 def test_the_stream_app_requests_an_epoch_once_and_the_trainer_serves_it_once(

@@ -94,7 +94,8 @@ def test_config_validates_with_clear_messages():
     IRPOConfig()
     p = IRPOConfig.paper()
     assert (p.learning_rate, p.lr_scheduler_type, p.warmup_ratio, p.pairs_per_step, p.bf16, p.pairing) == (1e-6, "cosine", 0.1, 64, True, "all")
-    assert IRPOConfig.cpu().pairing == "worst" and IRPOConfig().samples_per_query == 5 and IRPOConfig().delta_th == 10.0 and IRPOConfig().beta == 0.1
+    c = IRPOConfig.cpu()
+    assert (c.pairing, c.sft_weight, c.learning_rate, c.batch_size) == ("all", 1.0, 1e-3, 2) and p.sft_weight == 0.0 and IRPOConfig().samples_per_query == 5 and IRPOConfig().delta_th == 10.0 and IRPOConfig().beta == 0.1
     for bad, msg in [
         (dict(samples_per_query=1), "samples_per_query"),
         (dict(pairing="best"), "pairing"),
