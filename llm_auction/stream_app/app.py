@@ -107,10 +107,13 @@ def create_app(
     registry = ModelRegistry(Path(registry_dir) if registry_dir else s.resolved_registry_dir(), "pctr")
     retrainer = Retrainer(s, store, registry, pctr_config, encoder, s.data_dir / "pctr" / "encoder-cache.npz")
 
+    (s.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of its datadir
     app = faust.App(
         app_id,
         broker=_broker_url(bootstrap),
         store="memory://",
+        # Faust's own folder (table metadata); its default, "<app id>-data", lands in the working directory
+        datadir=str(s.data_dir / "faust" / app_id),
         web_enabled=False,
         autodiscover=False,
         topic_replication_factor=1,
