@@ -34,10 +34,10 @@ MIGRATIONS_DIR = ROOT / "llm_auction" / "infra" / "migrations"
 DECISIONS_TABLE = "llm_auction.rollout_decisions"
 
 INFRA = {"kafka", "clickhouse", "grafana"}
-PIPELINE = {"migrate", "responder", "responder-cpu", "user-sim", "sink", "stream-app", "replay"}
+PIPELINE = {"migrate", "responder", "responder-cpu", "user-sim", "sink", "stream-app", "rollout-controller", "trainer", "replay"}
 # `llm-auction` subcommands the services may run (`world` already exists in llm_auction/cli/world.py).
 CLI_SUBCOMMANDS = {"serve", "replay", "warehouse", "topics", "world"}
-SERVE_TARGETS = {"responder", "user-sim", "sink", "stream-app"}
+SERVE_TARGETS = {"responder", "user-sim", "sink", "stream-app", "rollout-controller", "trainer"}
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 EXPECTED_HOST_PORTS = {9092, 8123, 9000, 3000}
 
@@ -302,7 +302,8 @@ def test_responder_variants(services):
 
 def test_profiles(services):
     assert services["replay"]["profiles"] == ["replay"]
-    always = {"kafka", "clickhouse", "grafana", "migrate", "user-sim", "sink", "stream-app"}
+    assert services["trainer"]["profiles"] == ["learn"]
+    always = {"kafka", "clickhouse", "grafana", "migrate", "user-sim", "sink", "stream-app", "rollout-controller"}
     for name in always:
         assert not services[name].get("profiles"), name
 
@@ -366,6 +367,9 @@ def test_pipeline_commands_use_known_subcommands(services):
     assert command_words(services["user-sim"]) == [["serve", "user-sim"]]
     assert command_words(services["sink"]) == [["serve", "sink"]]
     assert command_words(services["stream-app"]) == [["serve", "stream-app"]]
+    assert command_words(services["rollout-controller"]) == [["serve", "rollout-controller"]]
+    assert command_words(services["trainer"])[0][:2] == ["serve", "trainer"]
+    assert env_of(services["stream-app"])["LLMA_IRPO_TRIGGER_ENABLED"] == "false"  # the trigger is opt-in
     assert command_words(services["replay"]) == [["replay", "--split", "test", "--rate", "20", "--loop"]]
     migrate = [w[:2] for w in command_words(services["migrate"])]
     assert migrate[:2] == [["warehouse", "migrate"], ["topics", "create"]]
@@ -391,7 +395,7 @@ def test_pipeline_env_and_state(services):
 
 def test_compose_cli_config_if_available(tmp_path):
     """`docker compose config` (or the v1 `docker-compose`) when a Compose CLI is installed."""
-    profiles = ["--profile", "cpu", "--profile", "gpu", "--profile", "replay"]
+    profiles = ["--profile", "cpu", "--profile", "gpu", "--profile", "replay", "--profile", "learn"]
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         cmd = [docker, "compose", "-f", str(COMPOSE_FILE), *profiles, "config", "-q"]
