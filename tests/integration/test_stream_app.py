@@ -182,6 +182,10 @@ def test_stream_app_joins_persists_retrains_and_survives_a_restart(tmp_path, kaf
         "LLMA_PCTR_MIN_NEW_IMPRESSIONS": str(MIN_NEW),
         "LLMA_PCTR_RETRAIN_INTERVAL_S": "2",
         "LLMA_PCTR_MIN_AUC": "0.55",
+        # The first retrain's holdout is ~280 rows at a CTR of ~1.5-2.5%: 4-7 clicks, at times under the
+        # default of 5 clicked rows (a CI run refused pctr-0001 with 4, AUC 0.92). The gate's rule has
+        # its own unit tests; here one click suffices for the AUC to mean something.
+        "LLMA_PCTR_MIN_HOLDOUT_CLICKS": "1",
         "LLMA_STREAM_FLUSH_INTERVAL_S": "0.5",
         "LLMA_STREAM_FLUSH_ROWS": "500",
         "LLMA_LOG_FORMAT": "json",
