@@ -30,8 +30,7 @@ def register_rollout(pc: argparse._SubParsersAction) -> None:
 def _decide(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.consumers.rollout_controller import operator_event, read_topics
-    from llm_auction.infra.kafka import open_reader
-    from llm_auction.infra.kafka import ensure_topics, make_producer
+    from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader
     from llm_auction.schemas import RolloutEvent, encode
     from llm_auction.schemas.settings import get_settings
     from llm_auction.schemas.topics import ROLLOUT
