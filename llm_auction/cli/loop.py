@@ -214,7 +214,7 @@ def retrain_reward(p, o: LoopOptions, step, t: int):
     from llm_auction.infra import warehouse
     from llm_auction.models.pctr import PctrScorer
     from llm_auction.trainer import irpo
-    from llm_auction.trainer.pctr_fit import PctrConfig
+    from llm_auction.trainer.pctr_fit import NoTrainingRows, PctrConfig
     from llm_auction.trainer.pctr_publish import retrain_and_publish
     from llm_auction.trainer.registry import ModelRegistry
 
@@ -222,9 +222,12 @@ def retrain_reward(p, o: LoopOptions, step, t: int):
     registry = ModelRegistry(s.resolved_registry_dir(), "pctr")
     df = warehouse.impressions(p.client)
     step("retraining pCTR on the warehouse's impressions", epoch=t, impressions=len(df))
-    m = retrain_and_publish(df, registry, p.encoder, PctrConfig(seed=s.seed + t, progress=False), min_auc=s.pctr_min_auc, promote_margin=s.pctr_promote_margin,
-                            min_holdout_clicks=s.pctr_min_holdout_clicks)
-    step("pCTR version published", epoch=t, version=m.version, promoted=m.promoted, auc=m.metrics.get("auc"))
+    try:
+        m = retrain_and_publish(df, registry, p.encoder, PctrConfig(seed=s.seed + t, progress=False), min_auc=s.pctr_min_auc,
+                                promote_margin=s.pctr_promote_margin, min_holdout_clicks=s.pctr_min_holdout_clicks)
+        step("pCTR version published", epoch=t, version=m.version, promoted=m.promoted, auc=m.metrics.get("auc"))
+    except NoTrainingRows as e:  # the policy exposed (almost) no ads yet: nothing to learn, keep what there is
+        step("pCTR not retrained: too few impressions; the current version stays", epoch=t, reason=str(e), current=getattr(registry.latest(), "version", None))
     current = registry.latest()
     if o.reward == "oracle" or (o.reward == "auto" and current is None):
         if o.reward == "auto":

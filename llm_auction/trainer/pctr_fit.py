@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("query_id", "user_id", "query", "text", "ad_id", "clicked")
 
 
+class NoTrainingRows(ValueError):
+    """Too few impressions to fit on (none, or every one fell in the holdout). Not bad input: a
+    policy that exposed no ads yet leaves nothing to learn from, so callers that run on a schedule
+    keep the current pCTR version and try again with more traffic."""
+
+
 @dataclass
 class PctrConfig:
     """Hyperparameters of one pCTR fit (defaults: the paper's, plus early stopping)."""
@@ -245,7 +251,7 @@ class PctrTrainer:
         t_prep = time.perf_counter() - t_start
         train, hold = data.rows(~data.holdout), data.rows(data.holdout)
         if len(train) == 0:
-            raise ValueError("pctr: no training rows (empty impressions, or all rows in the holdout)")
+            raise NoTrainingRows(f"pctr: no training rows ({len(data)} impressions, all in the holdout)" if len(data) else "pctr: no training rows (no impressions)")
         torch.manual_seed(cfg.seed)
         net = self.build_net(data.q_emb.shape[1], init_state)
         net.mark_seen(train.user_idx, train.ad_idx)

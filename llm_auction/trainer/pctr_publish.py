@@ -41,7 +41,7 @@ import pandas as pd
 
 from llm_auction.logs import log_event
 from llm_auction.models.pctr import CHECKPOINT, export_onnx, load_checkpoint, save_checkpoint
-from llm_auction.trainer.pctr_fit import PctrConfig, PctrTrainer
+from llm_auction.trainer.pctr_fit import NoTrainingRows, PctrConfig, PctrTrainer
 from llm_auction.trainer.registry import Manifest, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def retrain_and_publish(
     after the texts are encoded (loading it is the caller's business).
     """
     if len(impressions_df) == 0:
-        raise ValueError("no impressions to train on")
+        raise NoTrainingRows("no impressions to train on")
     config = config or PctrConfig()
     current = registry.latest(promoted_only=True)
     parent = None if cold else current
