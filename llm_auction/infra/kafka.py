@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_auction.infra.errors import InfraError
 from llm_auction.logs import log_event
+from llm_auction.schemas.codec import SchemaError, decode
 from llm_auction.schemas.topics import TOPICS, TopicSpec
 
 if TYPE_CHECKING:  # kafka is imported lazily: `--help` and unit tests stay fast
@@ -342,3 +343,19 @@ def open_reader(settings: Settings, bootstrap: str | None, topics: Iterable[str]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     return consumer
+
+
+def read_topics(consumer: KafkaConsumer, topics: dict[str, type]) -> list:
+    """What an :func:`open_reader` consumer holds now, decoded: polls until two polls in a row find
+    nothing; events in topic order, each decoded as ``topics[its topic]`` (undecodable ones skipped, logged)."""
+    out, empty = [], 0
+    while empty < 2:
+        polled = consumer.poll(timeout_ms=300)
+        empty = 0 if polled else empty + 1
+        for tp in sorted(polled, key=lambda tp: (tp.topic, tp.partition)):
+            for rec in polled[tp]:
+                try:
+                    out.append(decode(rec.value, topics[rec.topic]))
+                except SchemaError as e:
+                    log_event(log, "skipped an undecodable control event", logging.WARNING, topic=rec.topic, offset=rec.offset, error=str(e)[:300])
+    return out

@@ -102,8 +102,7 @@ class TriggerState:
 
     def follow(self) -> None:
         """Read what is new on the rollout and request topics (from the beginning the first time)."""
-        from llm_auction.consumers.rollout_controller import read_topics
-        from llm_auction.infra.kafka import open_reader
+        from llm_auction.infra.kafka import open_reader, read_topics
 
         if self.consumer is None:
             self.consumer = open_reader(self.settings, self.bootstrap, [self.rollout_topic, self.requests_topic])

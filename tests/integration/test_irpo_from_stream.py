@@ -40,8 +40,7 @@ MIN_NEW = 600  # impressions for a pCTR retrain
 
 
 def read_all(settings, bootstrap, topic, model):
-    from llm_auction.consumers.rollout_controller import read_topics
-    from llm_auction.infra.kafka import open_reader
+    from llm_auction.infra.kafka import open_reader, read_topics
 
     c = open_reader(settings, bootstrap, [topic])
     try:

@@ -59,10 +59,10 @@ def synthetic_arm(version: str, n: int, click_rate: float, since: datetime, seed
 def test_rollout_canary_decision_rollback_and_a_tampered_version(tiny_model_dir, kafka_settings, kafka_bootstrap, fresh_topic, clickhouse_client, tmp_path):  # noqa: F811
     from llm_auction.consumers.control import ControlFollower
     from llm_auction.consumers.responder import ResponderHandler
-    from llm_auction.consumers.rollout_controller import RolloutController, RolloutRule, operator_event, read_topics
+    from llm_auction.consumers.rollout_controller import RolloutController, RolloutRule, operator_event
     from llm_auction.consumers.routing import PolicyRouter, bucket
     from llm_auction.consumers.service import Item
-    from llm_auction.infra.kafka import make_producer, open_reader
+    from llm_auction.infra.kafka import make_producer, open_reader, read_topics
     from llm_auction.infra.warehouse import insert_clicks, insert_responses
     from llm_auction.models.adllm import SamplingConfig
 
