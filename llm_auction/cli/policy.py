@@ -1,7 +1,7 @@
 """``llm-auction policy rollout|promote|rollback``: people's rollout decisions, as the controller's.
 
 Each command reads ``auction.rollout`` from the beginning (the current routing is its latest
-event), builds the decision (``consumers/rollout_controller.operator_event``) and sends it on
+event) and ``auction.policy-versions`` (a version never announced is refused), builds the decision (``consumers/rollout_controller.operator_event``) and sends it on
 ``auction.rollout``, where responders apply it and the rollout controller records it in
 ClickHouse. Nothing here opens the warehouse: with embedded ClickHouse the controller owns it.
 """
@@ -29,24 +29,26 @@ def register_rollout(pc: argparse._SubParsersAction) -> None:
 
 def _decide(args) -> int:
     from llm_auction.cli import CliError
-    from llm_auction.consumers.rollout_controller import operator_event, read_topics
-    from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader
-    from llm_auction.schemas import RolloutEvent, encode
+    from llm_auction.consumers.rollout_controller import operator_event
+    from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader, read_topics
+    from llm_auction.schemas import PolicyVersion, RolloutEvent, encode
     from llm_auction.schemas.settings import get_settings
-    from llm_auction.schemas.topics import ROLLOUT
+    from llm_auction.schemas.topics import POLICY_VERSIONS, ROLLOUT
 
     s = get_settings()
     bootstrap = args.bootstrap or s.kafka_bootstrap
     if not bootstrap:
         raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
     ensure_topics(s, bootstrap)
-    consumer = open_reader(s, bootstrap, [ROLLOUT])
+    consumer = open_reader(s, bootstrap, [ROLLOUT, POLICY_VERSIONS])
     try:
-        history = read_topics(consumer, {ROLLOUT: RolloutEvent})
+        events = read_topics(consumer, {ROLLOUT: RolloutEvent, POLICY_VERSIONS: PolicyVersion})
     finally:
         consumer.close()
+    history = [e for e in events if isinstance(e, RolloutEvent)]
+    known = {s.policy_version} | {e.version for e in events if isinstance(e, PolicyVersion)} | {e.stable_version for e in history}
     try:
-        event = operator_event(history, s.policy_version, args.rollout_action, args.version, getattr(args, "share", None), args.reason)
+        event = operator_event(history, s.policy_version, args.rollout_action, args.version, getattr(args, "share", None), args.reason, known=known)
     except ValueError as e:
         raise CliError(str(e)) from None
     producer = make_producer(s, bootstrap)

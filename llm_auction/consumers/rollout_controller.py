@@ -47,9 +47,9 @@ from datetime import datetime, timezone
 
 from llm_auction.infra import warehouse
 from llm_auction.infra.clickhouse import describe_error
-from llm_auction.infra.kafka import open_reader
+from llm_auction.infra.kafka import open_reader, read_topics
 from llm_auction.logs import log_event
-from llm_auction.schemas import PolicyVersion, RolloutEvent, SchemaError, decode, encode
+from llm_auction.schemas import PolicyVersion, RolloutEvent, decode, encode
 from llm_auction.schemas.events import ArmEvidence
 from llm_auction.schemas.topics import POLICY_VERSIONS, ROLLOUT
 
@@ -157,21 +157,6 @@ class DecisionStore:
         except Exception as e:  # noqa: BLE001
             raise describe_error(e, "read the rollout decisions") from None
         return [decode(r[0], RolloutEvent) for r in rows]
-
-
-def read_topics(consumer, topics: dict[str, type]) -> list:
-    """Poll until two polls in a row find nothing; decoded events in topic order (undecodable ones skipped, logged)."""
-    out, empty = [], 0
-    while empty < 2:
-        polled = consumer.poll(timeout_ms=300)
-        empty = 0 if polled else empty + 1
-        for tp in sorted(polled, key=lambda tp: (tp.topic, tp.partition)):
-            for rec in polled[tp]:
-                try:
-                    out.append(decode(rec.value, topics[rec.topic]))
-                except SchemaError as e:
-                    log_event(log, "skipped an undecodable control event", logging.WARNING, topic=rec.topic, offset=rec.offset, error=str(e)[:300])
-    return out
 
 
 class RolloutController:
@@ -313,17 +298,23 @@ class RolloutController:
         return made
 
 
-def operator_event(history: list[RolloutEvent], default_stable: str, action: str, version: str, share: float | None = None, reason: str = "") -> RolloutEvent:
+def operator_event(history: list[RolloutEvent], default_stable: str, action: str, version: str, share: float | None = None, reason: str = "",
+                   known: set[str] | None = None) -> RolloutEvent:
     """A person's decision (``llm-auction policy rollout|promote|rollback``) against the current routing.
 
     ``rollout V --share S``: canary V at S against the current stable version; ``promote V``: V
     becomes stable; ``rollback V``: V's canary ends (share 0), or, when V is the stable version,
-    the stable version before it returns. Raises ``ValueError`` for a request that makes no sense.
+    the stable version before it returns. Raises ``ValueError`` for a request that makes no sense:
+    among them a version outside ``known`` (the announced ones, when given), since a decision
+    naming a typo would become the routing every responder waits on.
     """
     import uuid
 
     cur = history[-1] if history else None
     stable = cur.stable_version if cur else default_stable
+    if known is not None and version not in known:
+        raise ValueError(f"{action}: {version} was never announced on the policy-versions topic (known: {', '.join(sorted(known))})")
+    canary = cur.candidate_version if cur is not None and cur.state in ("canary", "paused") else None
     nonce = str(uuid.uuid4())  # each command is its own decision
     by = "operator"
     if action == "rollout":
@@ -334,6 +325,8 @@ def operator_event(history: list[RolloutEvent], default_stable: str, action: str
         return RolloutEvent(event_id=RolloutEvent.decision_id(stable, version, "canary", share, nonce), stable_version=stable, candidate_version=version,
                             candidate_share=share, state="canary", reason=reason or f"operator: {share:.0%} of users", decided_by=by)
     if action == "promote":
+        if version == stable:
+            raise ValueError(f"promote: {version} is already the stable version")
         return RolloutEvent(event_id=RolloutEvent.decision_id(stable, version, "promoted", 0.0, nonce), stable_version=version, state="promoted",
                             reason=reason or f"operator: promoted; previous stable {stable}", decided_by=by)
     if action == "rollback":
@@ -344,9 +337,11 @@ def operator_event(history: list[RolloutEvent], default_stable: str, action: str
                 raise ValueError(f"rollback: {version} is the only stable version known")
             return RolloutEvent(event_id=RolloutEvent.decision_id(back_to, version, "rolled_back", 0.0, nonce), stable_version=back_to, candidate_version=version,
                                 state="rolled_back", reason=reason or f"operator: {version} rolled back to {back_to}", decided_by=by)
+        if version != canary:
+            raise ValueError(f"rollback: {version} is neither the stable version ({stable}) nor in a canary ({canary or 'none running'})")
         return RolloutEvent(event_id=RolloutEvent.decision_id(stable, version, "rolled_back", 0.0, nonce), stable_version=stable, candidate_version=version,
                             state="rolled_back", reason=reason or "operator: rolled back", decided_by=by)
     raise ValueError(f"unknown action {action!r}")
 
 
-__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "decide", "operator_event", "read_topics"]
+__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "decide", "operator_event"]
