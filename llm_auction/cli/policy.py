@@ -1,9 +1,10 @@
 """``llm-auction policy rollout|promote|rollback``: people's rollout decisions, as the controller's.
 
 Each command reads ``auction.rollout`` from the beginning (the current routing is its latest
-event) and ``auction.policy-versions`` (a version never announced is refused), builds the decision (``consumers/rollout_controller.operator_event``) and sends it on
-``auction.rollout``, where responders apply it and the rollout controller records it in
-ClickHouse. Nothing here opens the warehouse: with embedded ClickHouse the controller owns it.
+event) and ``auction.policy-versions`` (a version never announced is refused), builds the
+decision (``consumers/rollout_controller.operator_event``) and sends it on ``auction.rollout``,
+where responders apply it and the rollout controller records it in ClickHouse. Nothing here
+opens the warehouse: with embedded ClickHouse the controller owns it.
 """
 
 from __future__ import annotations
