@@ -20,20 +20,15 @@ from llm_auction.infra import warehouse
 from llm_auction.schemas.settings import Settings
 from llm_auction.trainer.pctr_fit import NoTrainingRows, PctrConfig, PctrTrainer, holdout_mask
 
+from stub_encoder import HashEncoder
+
 COLUMNS = ["query_id", "ts", "policy_version", "user_id", "query", "text", "ad_id", "bid", "clicked"]
-
-
-class StubEncoder:
-    dim = 8
-
-    def encode(self, texts):
-        return np.stack([np.random.default_rng(len(t)).standard_normal(self.dim).astype(np.float32) for t in texts])
 
 
 def _pipeline(tmp_path, monkeypatch, rows: pd.DataFrame):
     monkeypatch.setattr(warehouse, "impressions", lambda client: rows)
     simulator = SimpleNamespace(answer_probabilities=lambda items: [{"Ad-1": 0.25} for _ in items])
-    return SimpleNamespace(settings=Settings(data_dir=tmp_path), client=None, encoder=StubEncoder(), simulator=simulator)
+    return SimpleNamespace(settings=Settings(data_dir=tmp_path), client=None, encoder=HashEncoder(), simulator=simulator)
 
 
 def test_no_impressions_keeps_going_on_the_oracle_when_auto(tmp_path, monkeypatch):
@@ -60,4 +55,4 @@ def test_every_impression_in_the_holdout_is_no_training_rows():
     assert len(held) == 2
     df = pd.DataFrame({"query_id": held, "user_id": ["u1", "u2"], "query": ["a", "b"], "text": ["x", "y"], "ad_id": ["Ad-1", "Ad-2"], "clicked": [True, False]})
     with pytest.raises(NoTrainingRows, match="2 impressions, all in the holdout"):
-        PctrTrainer(cfg, StubEncoder()).fit(df)
+        PctrTrainer(cfg, HashEncoder()).fit(df)

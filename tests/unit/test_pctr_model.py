@@ -27,6 +27,8 @@ from llm_auction.models.pctr import (
 )
 from llm_auction.schemas.ids import stable_hash
 
+from stub_encoder import HashEncoder
+
 DIM = 32  # small text dim keeps these tests instant; the network does not care
 
 
@@ -40,19 +42,6 @@ def small_net(seed: int = 0) -> PctrNet:
         net.user_emb.weight.add_(torch.randn_like(net.user_emb.weight))
         net.ad_emb.weight.add_(torch.randn_like(net.ad_emb.weight))
     return net
-
-
-class StubEncoder:
-    """Deterministic unit vectors per text (a real encoder is exercised in the fit tests)."""
-
-    dim = DIM
-
-    def encode(self, texts):
-        out = []
-        for t in texts:
-            v = np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(DIM).astype(np.float32)
-            out.append(v / np.linalg.norm(v))
-        return np.stack(out)
 
 
 def test_hasher_is_stable_in_range_and_maps_empty_to_unknown():
@@ -119,8 +108,8 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path):
 
 def test_scorer_unknown_ids_never_raise_and_feed_the_reward(tmp_path):
     net = small_net()
-    scorer = PctrScorer(export_onnx(net, tmp_path / "m.onnx", DIM), encoder=StubEncoder())
-    q = StubEncoder().encode(["q"])[0]
+    scorer = PctrScorer(export_onnx(net, tmp_path / "m.onnx", DIM), encoder=HashEncoder(DIM))
+    q = HashEncoder(DIM).encode(["q"])[0]
     # ids whose buckets were never trained on (a hash collision with a trained id would share its row)
     new_user = next(f"new-user-{i}" for i in range(100) if int(net.user_route[scorer.user_hasher.bucket(f"new-user-{i}")]) == 0)
     new_ad = next(f"Ad-{9000 + i}" for i in range(100) if int(net.ad_route[scorer.ad_hasher.bucket(f"Ad-{9000 + i}")]) == 0)

@@ -3,8 +3,6 @@ warm start from the promoted version, dedup of a retrain on the same window, ora
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,19 +11,7 @@ from llm_auction.trainer.pctr_fit import PctrConfig
 from llm_auction.trainer.pctr_publish import promotion_decision, retrain_and_publish
 from llm_auction.trainer.registry import ModelRegistry
 
-
-class HashEncoder:
-    """A deterministic stand-in for MiniLM: a unit vector seeded by the text's hash."""
-
-    dim = 16
-    path = "hash-encoder"
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            v = np.random.default_rng(int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big")).standard_normal(self.dim)
-            out[i] = v / np.linalg.norm(v)
-        return out
+from stub_encoder import HashEncoder
 
 
 def impressions(n_queries=2500, seed=0) -> pd.DataFrame:
