@@ -18,8 +18,8 @@ from dataclasses import dataclass
 # @title@ then optional spaces, an optionally backslash-escaped [Ad-digits].
 # The opening is spelled as two alternatives that each start with a literal ("[@" or "@") rather
 # than as an optional "[": that lets the regex engine jump from one "[" or "@" to the next in C
-# instead of trying the whole pattern at every character (about 2.5x faster on a short answer,
-# 5x on a 1 KB one). ``link`` is an empty group that records the markdown-link form.
+# instead of trying the whole pattern at every character (figures: docs/benchmarks.md#figures-behind-defaults-and-code-choices).
+# ``link`` is an empty group that records the markdown-link form.
 _MARKER = re.compile(
     r"(?:\[(?P<link>)@|@)"  # "@", or "[@" opening a markdown link
     r"(?P<title>[^@\n]{1,200}?)@[ \t]?"

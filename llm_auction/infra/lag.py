@@ -2,12 +2,12 @@
 
 Lag is how far a service is behind (back-pressure: a responder slower than the replay shows a
 lag that grows). It is computed from offsets, which needs the true end of each partition, and
-``end_offsets`` alone is not that on Tansu: ListOffsets(latest) answers short after batched writes
-(measured 2026-12-05: 14,850 for 15,000 records written in batches, still 14,850 three seconds
-later), so a lag read from it is low and can read 0 while records wait. A Fetch response carries
-the partition's high watermark, which Tansu reports right (15,000 there). So the end used here is
-the larger of the listed end and the high watermark of one fetch from the listed end (which reads
-at most the last batch of each partition); on Apache Kafka both agree.
+``end_offsets`` alone is not that on Tansu: ListOffsets(latest) can answer short after batched
+writes, and stay short, so a lag read from it is low and can read 0 while records wait (the
+measurement is in docs/kafka.md, Tansu's limits). A Fetch response carries the partition's high
+watermark, which Tansu reports right. So the end used here is the larger of the listed end and
+the high watermark of one fetch from the listed end (which reads at most the last batch of each
+partition); on Apache Kafka both agree.
 
 Committed offsets come from the group coordinator (no group is joined, so measuring disturbs no
 service). A partition the group never committed counts from the log start, as the services'

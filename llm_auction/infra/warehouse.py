@@ -2,8 +2,8 @@
 
 Inserts turn a list of pydantic events into one Arrow table per call (chunked at
 ``CHUNK_ROWS``) and send it with :func:`insert_arrow`: one part per chunk instead of one per row,
-which is what keeps ClickHouse fast (docs/design.md: about 1M rows/s batched; row-at-a-time inserts
-bloat parts). Inserting the same events again is harmless: the tables deduplicate by event id and
+which is what keeps ClickHouse fast (row-at-a-time inserts bloat parts; insert rates in
+docs/benchmarks.md#warehouse). Inserting the same events again is harmless: the tables deduplicate by event id and
 every read below counts deduplicated rows (see :mod:`llm_auction.infra.ddl`).
 
 Reads select from the views of migration 0003 with bound parameters only (``parameters=``);

@@ -46,7 +46,7 @@ class SamplingConfig:
     """How answers are sampled. Defaults follow Qwen's recommended chat sampling.
 
     ``temperature == 0`` means greedy decoding. ``max_new_tokens`` is small by default because
-    CPU generation is the bottleneck of the local loop (SmolLM2: 4 x 160 tokens in 6-15 s).
+    CPU generation is the bottleneck of the local loop (figures: docs/benchmarks.md#figures-behind-defaults-and-code-choices).
     """
 
     temperature: float = 0.7
@@ -82,8 +82,9 @@ class AdLLMConfig:
     - ``max_loaded_policies``: fine-tuned versions kept in memory at once (the base is pinned).
     - ``device`` / ``dtype``: ``auto`` picks CUDA + bfloat16 when present, else CPU + float32
       (transformers); vLLM takes the device from its build and bfloat16 on a CPU that has it.
-    - ``num_threads``: torch CPU threads while generating (None: leave torch's setting). On a
-      shared 2-core machine 1 thread was 5-30x faster for small models than 2 spinning ones.
+    - ``num_threads``: torch CPU threads while generating (None: leave torch's setting). For a
+      small model on a shared machine one thread beats several spinning ones
+      (docs/benchmarks.md#figures-behind-defaults-and-code-choices).
     - ``prefix_cache``: for ``n > 1``, read each prompt once and sample ``n`` continuations from
       its repeated KV cache, instead of ``n`` copies of the prompt (transformers backend).
     """

@@ -167,7 +167,7 @@ def marker_tokens(catalog: tuple[Ad, ...]) -> list[str]:
     """``@Title@`` and ``[Ad-XXXX]`` of every catalog ad: one token each in the tiny tokenizer.
 
     A 2-layer model given a few seconds of training cannot learn to spell 100 titles and ids
-    byte pair by byte pair (measured: nearly every marker came out mangled or with a wrong id).
+    byte pair by byte pair (tried: nearly every marker came out mangled or with a wrong id).
     With a title and an id as one token each, it learns *which* ad to insert, and must still
     pair the title with its own id, which it sometimes gets wrong -- the format errors the
     pipeline has to handle. In the prompt's candidate list titles and ids appear without the
@@ -233,7 +233,7 @@ def build_tiny(out: Path, cfg: TinyConfig = TinyConfig(), progress: bool = True)
 
     threads = torch.get_num_threads()
     # One thread: for a model this small, OpenMP threads mostly wait on each other, and on a
-    # shared machine a busy sibling core makes 2 threads ~5-10x slower than 1 (measured).
+    # shared machine a busy sibling core stalls every one of them (docs/benchmarks.md#figures-behind-defaults-and-code-choices).
     torch.set_num_threads(1)
     try:
         info = _train(out, cfg, tokenizer, examples, rng, t0, t_data, progress)

@@ -3,9 +3,9 @@
 vLLM's CPU punica ops (``vllm/lora/ops/torch_ops``) compute each token's LoRA term by gathering
 a copy of its adapter's matrix for that token (``weights[indices]``, then a batched einsum). For
 decode (one token per sequence) that is cheap; for prefill it copies the matrix once per prompt
-token, for every wrapped layer: with SmolLM2's ~1,000-token prompts a batch of 8 queries moved
-tens of GB, and a batch with any LoRA query took 95-143 s against 11-20 s for the base
-(docs/loop.md). The functions below compute the same result with one ``x @ W_s.T`` per adapter
+token, for every wrapped layer, so with the responder's long prompts a batch with any LoRA query
+took several times as long as the base (figures: docs/serving.md, "LoRA on the CPU build", and
+docs/benchmarks.md#ad-llm-generation). The functions below compute the same result with one ``x @ W_s.T`` per adapter
 slot s (the engine holds ``max_loras`` slots), masked to the tokens of that slot: no per-token
 copy, no data-dependent shapes (so torch.compile traces it as it traced the original).
 

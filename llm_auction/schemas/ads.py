@@ -60,8 +60,9 @@ AdIdList = Annotated[
 ]
 """A list of ad ids that travels as one string, ``"Ad-4820 Ad-3356"`` (a JSON list is read too).
 
-A response lists the ids of the ~100 candidates its model was shown: as a JSON list that was
-~1 KB per response and about half of its decoding (100 strings, each matched against the id
-pattern), paid by every hop that reads responses. One string is checked by one regular
-expression, and a line seen before (the same shown list repeats across queries) by one lookup.
+A response lists the ids of every candidate its model was shown. As a JSON list those ids were
+a large part of each response's size and of its decoding (one string per id, each matched
+against the id pattern), paid by every hop that reads responses (docs/benchmarks.md#figures-behind-defaults-and-code-choices). One string is checked
+by one regular expression, and a line seen before (the same shown list repeats across queries)
+by one lookup.
 """

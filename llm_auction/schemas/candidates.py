@@ -11,8 +11,8 @@ bid, shown ids, the warehouse's bids map); building and touching 100 models per 
 share of both services' CPU (see docs/benchmarks.md).
 
 On the wire (schema version 4), a query whose candidates are all catalog ads carries one object,
-``{"ad_ids": "Ad-4820 Ad-3356 ...", "bids": [42, 7, ...]}``, cheaper to parse and about a seventh
-of the size of the list form. Any other query carries a list: ``[ad_id, bid]`` for catalog ads and
+``{"ad_ids": "Ad-4820 Ad-3356 ...", "bids": [42, 7, ...]}``, cheaper to parse and much smaller
+than the list form (figures: docs/benchmarks.md, the wire format's measurements). Any other query carries a list: ``[ad_id, bid]`` for catalog ads and
 whole objects for the others (the schema-version-3 form, which is still read). A compact id that
 the local catalog lacks, or a bid outside 1..100, is a schema error like any other.
 """

@@ -67,7 +67,7 @@ class PctrConfig:
     weight_decay: float = 0.0
     # torch intra-op threads for the fit; None: torch's default (all cores). One by default: an MLP
     # at batch 256 gains little from more, and beside other services on a small machine extra
-    # threads oversubscribe the cores (measured 6-24x slower on a loaded 2-core box; bench/pctr.py).
+    # threads oversubscribe the cores (docs/benchmarks.md#figures-behind-defaults-and-code-choices; bench/pctr.py).
     threads: int | None = 1
     eval_batch_size: int = 16384
     progress: bool = True
@@ -258,8 +258,8 @@ class PctrTrainer:
         net.mark_seen(train.user_idx, train.ad_idx)
         if init_state is None:
             # Start at the base rate: the head's bias at logit(train CTR). From 0 (p = 0.5) a fit on a
-            # few hundred rows (a handful of Adam steps) ends still predicting ~0.45 at a CTR of ~0.15,
-            # and IRPO's reward (bid x pCTR) then pays ~3x for every ad inserted.
+            # few hundred rows (a handful of Adam steps) ends still predicting far above the CTR, and
+            # IRPO's reward (bid x pCTR) then overpays every ad inserted (docs/benchmarks.md#figures-behind-defaults-and-code-choices).
             ctr = float(np.clip(train.y.mean(), 1e-3, 1 - 1e-3))
             with torch.no_grad():
                 net.head.bias.fill_(math.log(ctr / (1 - ctr)))

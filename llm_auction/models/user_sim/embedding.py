@@ -225,8 +225,8 @@ class EmbeddingUserSimulator:
         for i, ad in enumerate(ads):
             pl = lay.placements[ad.ad_id]
             a_i = A[i]
-            # ndarray.dot: the BLAS sdot / sgemv that ``@`` calls, without the ufunc dispatch (0.5 us
-            # each); bit-identical results on 20,000 random normalized float32 cases
+            # ndarray.dot: the BLAS sdot / sgemv that ``@`` calls, without the ufunc dispatch paid on
+            # every call; bit-identical results to ``@`` (docs/benchmarks.md#figures-behind-defaults-and-code-choices)
             rel_q = float(a_i.dot(q))
             rel_p = float(prof.dot(a_i).max())
             rel = (1 - cfg.profile_share) * rel_q + cfg.profile_share * rel_p
