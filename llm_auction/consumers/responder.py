@@ -45,9 +45,6 @@ def response_event_id(query_event_id: str, policy_version: str) -> str:
     return _RESPONSE_IDS(f"{query_event_id}/{policy_version}")
 
 
-PolicyState = PolicyRouter  # the former one-version state; PolicyRouter(v) serves v to everyone
-
-
 class ResponderHandler:
     def __init__(self, backend, catalog: Sequence[Ad], policy: PolicyRouter, pick: CandidatePicker | None = None, control=None):
         self.backend = backend
@@ -55,7 +52,8 @@ class ResponderHandler:
         self.pairs = frozenset(self.titles.items())
         # Candidates that are catalog ads as is (schemas.Candidates.catalog_only) carry the package
         # catalog's titles by construction: when this responder checks against that same catalog,
-        # they need no check of their own (it was ~12% of the responder's CPU in bench/pipeline.py).
+        # they need no check of their own (the check is a visible share of the responder's CPU:
+        # docs/benchmarks.md#figures-behind-defaults-and-code-choices).
         self.trusts_package_catalog = self.titles == {a.ad_id: a.title for a in catalog_ads().values()}
         self.policy = policy
         self.pick = pick

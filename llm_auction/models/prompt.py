@@ -24,7 +24,6 @@ from llm_auction.schemas import CandidateAd, QueryEvent
 
 # Rendering for tokenizers without a chat template (and the template the tiny model ships, so
 # that both paths give the same text; a unit test keeps the two equal).
-PLAIN_ROLE_TAGS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 PLAIN_END = "<|end|>"
 PLAIN_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
@@ -56,9 +55,10 @@ REQUIREMENTS = (
 )
 
 # Demonstration exchanges: a question about the demonstrated ad's category and a short answer
-# holding one correct marker of it, early. Several wordings, rotated with the ad. Measured on
-# SmolLM2-135M (8 answers each): a long answer with the marker in its third sentence -> 0 of 8
-# inserted; short answers with the marker first -> 2 of 8; plus the answer cue below -> 6 of 8.
+# holding one correct marker of it, early. Several wordings, rotated with the ad. Short answers
+# with the marker first, together with the answer cue below, are what makes a small model such as
+# SmolLM2-135M insert at all; a long answer with the marker late taught it nothing
+# (docs/benchmarks.md#figures-behind-defaults-and-code-choices).
 _DEMO_QUESTIONS = (
     "I'd like to get started with {category}. What should I look for?",
     "Do you have any practical advice about {category}?",

@@ -41,7 +41,8 @@ from fuzz_inputs import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_auction.consumers.responder import PolicyState, ResponderHandler
+from llm_auction.consumers.responder import ResponderHandler
+from llm_auction.consumers.routing import PolicyRouter
 from llm_auction.consumers.service import ServiceConfig, StreamService
 from llm_auction.consumers.sink import SinkHandler
 from llm_auction.consumers.user_sim import UserSimHandler
@@ -149,7 +150,7 @@ def tally(record_property):
 def services(user_sim_handler, clickhouse_client, tally):
     """Responder, user simulator and sink, each on the topics it reads in production."""
     return {
-        "responder": Harness("responder", [QUERIES], ResponderHandler(StoredAnswerBackend(), CATALOG, PolicyState("base")), tally),
+        "responder": Harness("responder", [QUERIES], ResponderHandler(StoredAnswerBackend(), CATALOG, PolicyRouter("base")), tally),
         "user-sim": Harness("user-sim", [RESPONSES], user_sim_handler, tally),
         "sink": Harness("sink", [QUERIES, RESPONSES, CLICKS], SinkHandler(clickhouse_client), tally),
     }
@@ -276,7 +277,7 @@ def test_answers_with_thousands_of_markers_are_format_errors_not_crashes(service
             "retitled": f"@{shown[a]}!@[{a}]", "malformed": f"@{shown[a]}[{a}]@ @[",
         }[k])
     answer = "Here you go: " + " ".join(parts)
-    echo = Harness("responder", [QUERIES], ResponderHandler(EchoBackend(), CATALOG, PolicyState("base")), services["responder"].tally)
+    echo = Harness("responder", [QUERIES], ResponderHandler(EchoBackend(), CATALOG, PolicyRouter("base")), services["responder"].tally)
     t0 = time.perf_counter()
     (out,), dead = echo.feed(QUERIES, json.dumps(wire(q.model_copy(update={"query": answer}))).encode())
     allocate_s = time.perf_counter() - t0

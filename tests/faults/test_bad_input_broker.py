@@ -18,7 +18,8 @@ from fuzz_inputs import base_click, base_query, base_response, broken_event, gar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_auction.consumers.responder import PolicyState, ResponderHandler
+from llm_auction.consumers.responder import ResponderHandler
+from llm_auction.consumers.routing import PolicyRouter
 from llm_auction.consumers.service import ServiceConfig, StreamService, run_in_threads
 from llm_auction.consumers.sink import SinkHandler
 from llm_auction.consumers.user_sim import UserSimHandler
@@ -95,7 +96,7 @@ def test_fuzzed_records_on_the_broker_are_dead_lettered_once_and_the_services_ke
         return StreamService(config, handler, make_consumer(s, b, group, list(topics), max_poll_records=16), producer, stop)
 
     services = {
-        "responder": service("responder", {q_topic: QueryEvent}, ResponderHandler(StoredAnswerBackend(), catalog, PolicyState("base"))),
+        "responder": service("responder", {q_topic: QueryEvent}, ResponderHandler(StoredAnswerBackend(), catalog, PolicyRouter("base"))),
         "user-sim": service("user-sim", {r_topic: ResponseEvent}, UserSimHandler(make_user_simulator("embedding", seed=3, encoder=text_encoder))),
         "sink": service("sink", {q_topic: QueryEvent, r_topic: ResponseEvent, c_topic: ClickEvent}, SinkHandler(clickhouse_client)),
     }
