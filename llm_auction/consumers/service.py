@@ -192,14 +192,8 @@ class StreamService:
 
     # -- one batch -------------------------------------------------------------------------
     def _dead_letter(self, record, reason: str) -> None:
-        raw = record.value
-        payload = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-        key = record.key.decode("utf-8", "replace") if isinstance(record.key, (bytes, bytearray)) else record.key
-        dl = DeadLetter(
-            source_topic=record.topic, partition=record.partition, offset=record.offset, key=key,
-            payload=payload[:100_000], error=reason[:2000], consumer=self.config.name,
-        )
-        self._send(DEAD_LETTER, (key or "").encode("utf-8"), encode(dl), None)
+        dl = DeadLetter.of(record.value, reason, source_topic=record.topic, partition=record.partition, offset=record.offset, key=record.key, consumer=self.config.name)
+        self._send(DEAD_LETTER, (dl.key or "").encode("utf-8"), encode(dl), None)
         self._count("dead_lettered")
         log_event(log, "dead-lettered a record", logging.WARNING, service=self.config.name, topic=record.topic, offset=record.offset, reason=reason[:300])
 

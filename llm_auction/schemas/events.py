@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
@@ -314,8 +314,22 @@ class EpochRequest(Event):
         return cls(event_id=cls.request_id(parent_version, pctr_version), parent_version=parent_version, pctr_version=pctr_version, **fields)
 
 
+def _text(raw: bytes | bytearray | str | None) -> str | None:
+    """Bytes as utf-8 text (undecodable bytes replaced: a dead letter must never fail to build)."""
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+
+
 class DeadLetter(Event):
-    """A message a consumer could not process, kept with the reason so nothing is lost."""
+    """A message a consumer could not process, kept with the reason so nothing is lost.
+
+    Build one with :meth:`of`, which every service uses so that dead letters read the same
+    whoever wrote them.
+    """
+
+    PAYLOAD_CHARS: ClassVar[int] = 100_000  # a dead letter stays one small message even for a huge poison record
+    ERROR_CHARS: ClassVar[int] = 2000
 
     source_topic: NonEmpty
     partition: int | None = None
@@ -325,3 +339,19 @@ class DeadLetter(Event):
     error: NonEmpty
     consumer: str = ""
     details: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, payload: bytes | bytearray | str | None, error: str, *, source_topic: str, partition: int | None = None,
+        offset: int | None = None, key: bytes | bytearray | str | None = None, consumer: str = "",
+    ) -> "DeadLetter":
+        """The dead letter of ``payload`` (the record's value as read) refused for ``error``.
+
+        Bytes (payload and key) are decoded as utf-8 with undecodable bytes replaced; the payload
+        is cut to ``PAYLOAD_CHARS`` and the error to ``ERROR_CHARS``; an empty error reads
+        ``unknown``. So it builds from any record, however malformed, and stays one small message.
+        """
+        return cls(
+            source_topic=source_topic, partition=partition, offset=offset, key=_text(key),
+            payload=(_text(payload) or "")[: cls.PAYLOAD_CHARS], error=(error.strip() or "unknown")[: cls.ERROR_CHARS], consumer=consumer,
+        )

@@ -91,10 +91,7 @@ class StreamContext:
     async def dead_letter(self, topic: str, value: bytes, error: str, event) -> None:
         self.stats.bad += 1
         msg = getattr(event, "message", None)
-        dl = DeadLetter(
-            source_topic=topic, partition=getattr(msg, "partition", None), offset=getattr(msg, "offset", None),
-            payload=(value or b"").decode("utf-8", errors="replace")[:100_000], error=error[:2000] or "unknown", consumer=self.app_id,
-        )
+        dl = DeadLetter.of(value, error, source_topic=topic, partition=getattr(msg, "partition", None), offset=getattr(msg, "offset", None), consumer=self.app_id)
         log_event(log, "stream_app: dead letter", logging.WARNING, topic=topic, error=error[:200])
         await self.dlq_topic.send(key=topic, value=encode(dl))
 

@@ -298,3 +298,16 @@ def test_ad_ids_take_ascii_digits_only():
     for bad in ("Ad-\u0661\u0662\u0663\u0664", "Ad-１２３４", "Ad-123", "Ad-12345"):
         with pytest.raises(ValidationError):
             ids.validate_python(bad)
+
+
+def test_a_dead_letter_builds_from_any_record_and_stays_small():
+    from llm_auction.schemas import DeadLetter
+
+    dl = DeadLetter.of(b"\xff" + b"x" * 200_000, "e" * 5000, source_topic="auction.queries", partition=2, offset=7, key=b"q\xfe1", consumer="sink")
+    assert dl.payload.startswith("\ufffd") and len(dl.payload) == DeadLetter.PAYLOAD_CHARS
+    assert len(dl.error) == DeadLetter.ERROR_CHARS and dl.key == "q\ufffd1"
+    assert (dl.source_topic, dl.partition, dl.offset, dl.consumer) == ("auction.queries", 2, 7, "sink")
+    assert decode(encode(dl), DeadLetter) == dl
+    bare = DeadLetter.of(None, "  ", source_topic="t")
+    assert (bare.payload, bare.error, bare.key, bare.partition) == ("", "unknown", None, None)
+    assert DeadLetter.of("text", "bad", source_topic="t", key="k").key == "k"
