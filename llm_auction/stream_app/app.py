@@ -36,7 +36,8 @@ assembles the parts, each in its own module: :mod:`.context` (``StreamContext``:
 share, with the buffer's flush), :mod:`.agents` (the join's agents ``responses`` and ``clicks``,
 timers ``join-expiry`` and ``impressions-flush``), :mod:`.retrain` (``Retrainer`` and the
 ``pctr-retrain`` timer), :mod:`.irpo_trigger` (the ``irpo-trigger`` timer, with
-``LLMA_IRPO_TRIGGER_ENABLED``: epoch requests for the trainer service); :mod:`.join` is the join itself and :mod:`.store` its ClickHouse tables.
+``LLMA_IRPO_TRIGGER_ENABLED``: epoch requests for the trainer service), both ticking through
+:mod:`.timers` (one tick at a time, once the tables are ready); :mod:`.join` is the join itself and :mod:`.store` its ClickHouse tables.
 
 Faust on Tansu (docs/design.md): ``broker_session_timeout=6`` (a group join waits half of it), no
 ``exactly_once`` (transactions fail), ``topic_replication_factor=1``, no web server.

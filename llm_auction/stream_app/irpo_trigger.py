@@ -44,6 +44,7 @@ from typing import Any
 from llm_auction.logs import log_event
 from llm_auction.schemas import EpochRequest, RolloutEvent, encode
 from llm_auction.stream_app.context import StreamContext
+from llm_auction.stream_app.timers import register_leader_timer
 
 log = logging.getLogger("llm_auction.stream_app")
 
@@ -170,28 +171,15 @@ async def maybe_request(ctx: StreamContext, state: TriggerState) -> EpochRequest
     return req
 
 
-async def trigger_tick(ctx: StreamContext, state: TriggerState) -> None:
-    """Timer ``irpo-trigger``: one :func:`maybe_request` at a time, once the tables are ready."""
-    if not ctx.ready() or state.running:
-        return
-    state.running = True
-    try:
-        await maybe_request(ctx, state)
-    except Exception as e:  # noqa: BLE001 - a failed look must not stop the join; the next tick retries
-        log_event(log, "stream_app: irpo trigger failed", logging.ERROR, error=f"{type(e).__name__}: {e}"[:500])
-    finally:
-        state.running = False
-
-
 def register(app, ctx: StreamContext, pctr_registry, bootstrap: str) -> TriggerState:
-    """Attach the trigger's timer to ``app`` (call only with ``LLMA_IRPO_TRIGGER_ENABLED``); returns its state."""
+    """Attach the trigger's timer ``irpo-trigger`` to ``app`` (one :func:`maybe_request` at a time, on
+    the leader: one trigger per app; call only with ``LLMA_IRPO_TRIGGER_ENABLED``); returns its state."""
     s = ctx.settings
     state = TriggerState(s, bootstrap, pctr_registry, ctx.topics.rollout, ctx.topics.irpo_requests)
     state.requests_out = app.topic(ctx.topics.irpo_requests, value_serializer="raw", key_serializer="raw", partitions=1)
-
-    @app.timer(s.pctr_retrain_interval_s, name="irpo-trigger", on_leader=True)  # one trigger per app
-    async def irpo_trigger():
-        await trigger_tick(ctx, state)
+    register_leader_timer(
+        app, ctx, state, lambda: maybe_request(ctx, state), name="irpo-trigger", interval_s=s.pctr_retrain_interval_s, failure="stream_app: irpo trigger failed",
+    )
 
     @app.on_before_shutdown.connect
     async def close_trigger(sender, **kwargs):  # noqa: ARG001 - Faust's signal signature

@@ -21,6 +21,7 @@ from llm_auction.schemas import encode
 from llm_auction.schemas.settings import Settings
 from llm_auction.stream_app.context import StreamContext
 from llm_auction.stream_app.store import StreamStore
+from llm_auction.stream_app.timers import register_leader_timer
 
 log = logging.getLogger("llm_auction.stream_app")
 
@@ -103,25 +104,11 @@ async def maybe_retrain(ctx: StreamContext, state: RetrainState) -> None:
     )
 
 
-async def retrain_tick(ctx: StreamContext, state: RetrainState) -> None:
-    """Timer ``pctr-retrain``: one :func:`maybe_retrain` at a time, once the tables are ready."""
-    if not ctx.ready() or state.running:
-        return
-    state.running = True
-    try:
-        await maybe_retrain(ctx, state)
-    except Exception as e:  # noqa: BLE001 - a failed retrain must not stop the join
-        log_event(log, "stream_app: retrain failed", logging.ERROR, error=f"{type(e).__name__}: {e}"[:500])
-    finally:
-        state.running = False
-
-
 def register(app, ctx: StreamContext, retrainer: Retrainer) -> RetrainState:
-    """Attach the retraining timer to ``app``; returns its state."""
+    """Attach the retraining timer ``pctr-retrain`` to ``app`` (one :func:`maybe_retrain` at a time,
+    on the leader: one retrainer per app, not per worker); returns its state."""
     state = RetrainState(retrainer)
-
-    @app.timer(ctx.settings.pctr_retrain_interval_s, name="pctr-retrain", on_leader=True)  # one retrainer per app, not per worker
-    async def pctr_retrain():
-        await retrain_tick(ctx, state)
-
+    register_leader_timer(
+        app, ctx, state, lambda: maybe_retrain(ctx, state), name="pctr-retrain", interval_s=ctx.settings.pctr_retrain_interval_s, failure="stream_app: retrain failed",
+    )
     return state
