@@ -1,13 +1,13 @@
 """A responder follows the control topics: policy versions to load, rollouts to route by.
 
-:class:`ControlFollower` runs one thread with its own kafka-python consumer, partitions assigned
-by hand (no group: every responder reads everything), that reads ``auction.policy-versions`` and
-``auction.rollout`` from the beginning at start (the local broker keeps no compacted topics, so
-the whole history is the state) and then follows them. The thread only reads, decodes and
-verifies; what changes the responder (loading weights into the backend, changing the routing)
-happens in the responder's own thread, in :meth:`ControlFollower.apply_pending`, which the
-responder calls before each batch. So a batch is routed by one state, and the backend is never
-asked to load while it generates.
+:class:`ControlFollower` runs one :class:`~llm_auction.infra.follow.TopicFollower` (a thread with
+its own group-less consumer: every responder reads everything) that reads
+``auction.policy-versions`` and ``auction.rollout`` from the beginning at start (the local broker
+keeps no compacted topics, so the whole history is the state) and then follows them. The thread
+only reads, decodes and verifies; what changes the responder (loading weights into the backend,
+changing the routing) happens in the responder's own thread, in
+:meth:`ControlFollower.apply_pending`, which the responder calls before each batch. So a batch is
+routed by one state, and the backend is never asked to load while it generates.
 
 Policy versions. Before a version is loaded every file of its folder is checked against the
 manifest's sha256s and the folder hash against the announced ``sha256``
@@ -34,6 +34,7 @@ import threading
 from typing import Any
 
 from llm_auction.infra.artifacts import ArtifactMismatch, verify_folder
+from llm_auction.infra.follow import TopicFollower
 from llm_auction.logs import log_event
 from llm_auction.schemas import DeadLetter, PolicyVersion, RolloutEvent, SchemaError, decode, encode
 from llm_auction.schemas.topics import DEAD_LETTER, POLICY_VERSIONS, ROLLOUT
@@ -51,58 +52,42 @@ class ControlFollower:
         policy_topic: str = POLICY_VERSIONS, rollout_topic: str = ROLLOUT, dead_letter_topic: str = DEAD_LETTER,
         name: str = "responder", poll_timeout_ms: int = 200,
     ):
-        self.settings, self.bootstrap = settings, bootstrap
         self.backend, self.router, self.producer = backend, router, producer
         self.topics = {policy_topic: PolicyVersion, rollout_topic: RolloutEvent}
-        self.dead_letter_topic, self.name, self.poll_timeout_ms = dead_letter_topic, name, poll_timeout_ms
+        self.dead_letter_topic, self.name = dead_letter_topic, name
         self.loaded: dict[str, str | None] = {v: None for v in {router.stable, *getattr(backend, "versions", ())}}
         self.refused: dict[str, str] = {}  # version -> reason
         self.desired: RolloutEvent | None = None
         self._waiting_logged: str | None = None
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._seen_versions: dict[str, str | None] = {}  # the follower thread's: version -> sha256 queued
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.caught_up = threading.Event()  # set once a poll found nothing more to read
         self.rollouts_read: set[str] = set()  # event ids of the rollout events read (see wait_read)
-        self.error: BaseException | None = None
+        # policy versions first in a poll: a rollout read with its version finds it queued
+        self.follower = TopicFollower(settings, bootstrap, list(self.topics), self._read, name=f"{name}-control", poll_timeout_ms=poll_timeout_ms)
 
     # -- the follower thread -------------------------------------------------------------------
+    @property
+    def caught_up(self) -> threading.Event:
+        """Set once a poll found nothing more to read."""
+        return self.follower.caught_up
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the follower thread, if anything did."""
+        return self.follower.error
+
     def start(self) -> "ControlFollower":
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-control", daemon=True)
-        self._thread.start()
+        self.follower.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self.follower.stop(timeout_s)
 
     def __enter__(self) -> "ControlFollower":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _run(self) -> None:
-        from llm_auction.infra.kafka import open_reader
-
-        try:
-            consumer = open_reader(self.settings, self.bootstrap, list(self.topics))
-            try:
-                log_event(log, "following the control topics from the beginning", service=self.name, topics=list(self.topics))
-                while not self._stop.is_set():
-                    polled = consumer.poll(timeout_ms=self.poll_timeout_ms)
-                    if not polled:
-                        self.caught_up.set()
-                    for tp in sorted(polled, key=lambda tp: (tp.topic != next(iter(self.topics)), tp.partition)):
-                        for rec in polled[tp]:
-                            self._read(rec)
-            finally:
-                consumer.close()
-        except BaseException as e:  # noqa: BLE001 - reported to the responder's thread, never lost
-            self.error = e
-            log_event(log, "control follower stopped by an error", logging.ERROR, service=self.name, error=f"{type(e).__name__}: {e}"[:500])
 
     def _read(self, rec) -> None:
         model = self.topics[rec.topic]
@@ -129,14 +114,7 @@ class ControlFollower:
         """Wait until the follower read the rollout event ``rollout_event_id`` (it applies at the
         responder's next batch); False on timeout. For a caller that just sent a decision and is
         about to send traffic that the decision should route (``llm-auction loop``)."""
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        while rollout_event_id not in self.rollouts_read:
-            if time.monotonic() > deadline or self.error is not None:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.follower.wait_until(lambda: rollout_event_id in self.rollouts_read, timeout_s)
 
     # -- the responder's thread ----------------------------------------------------------------
     def apply_pending(self) -> None:
@@ -195,14 +173,11 @@ class ControlFollower:
     def _dead_letter(self, topic: str, rec, reason: str, payload: bytes, key: str | None = None) -> None:
         if self.producer is None:
             return
-        if rec is not None:
-            key = rec.key.decode("utf-8", "replace") if isinstance(rec.key, (bytes, bytearray)) else rec.key
-        dl = DeadLetter(
-            source_topic=topic, partition=getattr(rec, "partition", None), offset=getattr(rec, "offset", None), key=key,
-            payload=(payload.decode("utf-8", "replace") if isinstance(payload, (bytes, bytearray)) else str(payload))[:100_000],
-            error=reason[:2000], consumer=self.name,
+        dl = DeadLetter.of(
+            payload, reason, source_topic=topic, partition=getattr(rec, "partition", None), offset=getattr(rec, "offset", None),
+            key=rec.key if rec is not None else key, consumer=self.name,
         )
-        self.producer.send(self.dead_letter_topic, key=(key or "").encode("utf-8"), value=encode(dl))
+        self.producer.send(self.dead_letter_topic, key=(dl.key or "").encode("utf-8"), value=encode(dl))
         self.producer.flush(timeout=10)
 
 

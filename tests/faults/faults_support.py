@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_auction.infra.kafka import admin_client, open_reader
+from llm_auction.infra.follow import TopicFollower
+from llm_auction.infra.kafka import admin_client
 from llm_auction.models.stored_backend import StoredAnswerBackend
 from llm_auction.schemas import ClickEvent, DeadLetter, ResponseEvent, decode
 from llm_auction.schemas.topics import CLICKS, DEAD_LETTER, QUERIES, RESPONSES
@@ -136,10 +136,9 @@ def _partition_count(admin, topic: str) -> int:
 # -- the topics, read from the beginning ---------------------------------------------------------
 @dataclass
 class Seen:
-    """What the watcher read: per topic and partition the offset after the last record; the run's
-    queries, responses and clicks (deduplicated by event id, each duplicate compared with the first)."""
+    """What the watcher read of the run: its queries, responses and clicks (deduplicated by event id,
+    each duplicate compared with the first) and its dead letters."""
 
-    ends: dict[tuple[str, int], int] = field(default_factory=dict)
     records: Counter = field(default_factory=Counter)  # run's records per topic, duplicates included
     queries: set[str] = field(default_factory=set)
     responses: dict[str, ResponseEvent] = field(default_factory=dict)  # event_id -> event
@@ -149,42 +148,24 @@ class Seen:
     probability_redrawn: int = 0  # redelivered clicks whose click_probability differs from the first copy's
     probability_drift: float = 0.0  # the largest such difference
     dead: list[DeadLetter] = field(default_factory=list)  # dead letters naming the run
-    last_new: float = field(default_factory=time.monotonic)
 
 
-class TopicWatcher(threading.Thread):
+class TopicWatcher:
     """Reads auction.queries, .responses, .clicks and .dead-letter from the beginning (no group)
     for as long as it runs; keeps the records whose key contains ``marker``."""
 
     TOPICS = (QUERIES, RESPONSES, CLICKS, DEAD_LETTER)
 
     def __init__(self, settings, bootstrap: str, marker: str):
-        super().__init__(daemon=True, name="topic-watcher")
-        self.settings, self.bootstrap, self.marker = settings, bootstrap, marker.encode()
+        self.marker = marker.encode()
         self.seen = Seen()
-        self.lock = threading.Lock()
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
+        self.follower = TopicFollower(settings, bootstrap, self.TOPICS, self._take, name="topic-watcher")
 
-    def run(self) -> None:
-        try:
-            consumer = open_reader(self.settings, self.bootstrap, self.TOPICS)
-            try:
-                while not self.halt.is_set():
-                    polled = consumer.poll(timeout_ms=200)
-                    with self.lock:
-                        for recs in polled.values():
-                            for r in recs:
-                                self._take(r)
-            finally:
-                consumer.close()
-        except BaseException as e:  # noqa: BLE001 - surfaced by the test
-            self.error = e
+    def start(self) -> None:
+        self.follower.start()
 
     def _take(self, r) -> None:
         s = self.seen
-        s.ends[(r.topic, r.partition)] = max(s.ends.get((r.topic, r.partition), 0), r.offset + 1)
-        s.last_new = time.monotonic()
         if self.marker not in (r.key or b"") and not (r.topic == DEAD_LETTER and self.marker in (r.value or b"")):
             return
         s.records[r.topic] += 1
@@ -218,15 +199,15 @@ class TopicWatcher(threading.Thread):
             self.seen.probability_drift = max(self.seen.probability_drift, abs(p - q))
 
     def snapshot(self) -> tuple[dict, float, int, int]:
-        with self.lock:
-            s = self.seen
-            return dict(s.ends), s.last_new, len(s.responses), len(s.clicks)
+        """Per topic and partition the offset after the last record read (of any run), when the last
+        record arrived, and how many of the run's responses and clicks were read."""
+        f = self.follower
+        with f.lock:
+            return dict(f.ends), f.last_new, len(self.seen.responses), len(self.seen.clicks)
 
     def close(self) -> Seen:
-        self.halt.set()
-        self.join(timeout=30)
-        if self.error is not None:
-            raise self.error
+        if (error := self.follower.stop()) is not None:
+            raise error
         return self.seen
 
 
