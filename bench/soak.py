@@ -52,7 +52,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from common import StealMeter, machine, table, write_results  # noqa: E402
 
 from llm_auction.infra.broker import LocalBroker  # noqa: E402
-from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader  # noqa: E402
+from llm_auction.infra.follow import TopicFollower  # noqa: E402
+from llm_auction.infra.kafka import ensure_topics, make_producer  # noqa: E402
 from llm_auction.infra.lag import LagReader  # noqa: E402
 from llm_auction.producers.replay import ReplayConfig, replay  # noqa: E402
 from llm_auction.producers.world import World, WorldSpec, generate_world  # noqa: E402
@@ -64,42 +65,24 @@ RSS_SCOPE = "one process: responder, user simulator and sink are threads of it (
 MB = 1024 * 1024
 
 
-class Watcher(threading.Thread):
+class Watcher:
     """Reads the loop's four topics from the beginning (no group) while it runs: the query ids, the
     responses and clicks by event id (with copies counted), the dead letters by source topic."""
 
     def __init__(self, settings: Settings, bootstrap: str):
-        super().__init__(daemon=True, name="soak-watcher")
-        self.settings, self.bootstrap = settings, bootstrap
-        self.lock = threading.Lock()
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
         self.records: Counter = Counter()  # per topic, copies included
         self.queries: set[str] = set()
         self.responses: dict[str, str] = {}  # event_id -> query_id
         self.clicks: dict[str, tuple[int, int]] = {}  # event_id -> (clicked, bid)
         self.dead: Counter = Counter()  # source topic -> dead letters
         self.dead_queries: set[str] = set()  # query ids the responder dead-lettered
-        self.last_new = time.monotonic()
+        self.follower = TopicFollower(settings, bootstrap, (QUERIES, RESPONSES, CLICKS, DEAD_LETTER), self._take, name="soak-watcher")
 
-    def run(self) -> None:
-        try:
-            consumer = open_reader(self.settings, self.bootstrap, (QUERIES, RESPONSES, CLICKS, DEAD_LETTER))
-            try:
-                while not self.halt.is_set():
-                    polled = consumer.poll(timeout_ms=200)
-                    with self.lock:
-                        for recs in polled.values():
-                            for r in recs:
-                                self._take(r)
-            finally:
-                consumer.close()
-        except BaseException as e:  # noqa: BLE001 - raised by close()
-            self.error = e
+    def start(self) -> None:
+        self.follower.start()
 
     def _take(self, r) -> None:
         self.records[r.topic] += 1
-        self.last_new = time.monotonic()
         if r.topic == QUERIES:
             self.queries.add(r.key.decode())
         elif r.topic == RESPONSES:
@@ -115,14 +98,11 @@ class Watcher(threading.Thread):
                 self.dead_queries.add(dl.key)
 
     def quiet_for(self, seconds: float) -> bool:
-        with self.lock:
-            return time.monotonic() - self.last_new >= seconds
+        return self.follower.quiet_for(seconds)
 
     def close(self) -> None:
-        self.halt.set()
-        self.join(timeout=30)
-        if self.error is not None:
-            raise self.error
+        if (error := self.follower.stop()) is not None:
+            raise error
 
 
 class Sampler(threading.Thread):
