@@ -80,11 +80,11 @@ def run_backend(name: str, model: Path, warm: list, sets: dict[int, list], s: Se
 
     from transformers import AutoTokenizer
 
-    from llm_auction.consumers.build import open_backend
+    from llm_auction.models.backends import open_backend
 
     tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
     lora = name == "vllm-lora"
-    backend = open_backend(s.model_copy(update={"adllm_backend": "vllm" if lora else name}), model)
+    backend = open_backend(s, backend="vllm" if lora else name, model=model)
     version = "base"
     scratch = tempfile.TemporaryDirectory(prefix="bench-lora-")
     try:

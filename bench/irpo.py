@@ -88,7 +88,7 @@ def main() -> int:
     logging.getLogger("llm_auction").setLevel(logging.WARNING)
 
     from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import make_backend
+    from llm_auction.models.backends import open_backend
     from llm_auction.models.encoder import TextEncoder
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.models.user_sim import make_user_simulator
@@ -96,6 +96,8 @@ def main() -> int:
     from llm_auction.trainer import irpo
     from llm_auction.trainer.irpo_config import IRPOConfig
     from llm_auction.trainer.registry import ModelRegistry
+    from llm_auction.trainer.reward import Reward, oracle_pctr
+    from llm_auction.schemas.settings import Settings
 
     steal = StealMeter()
     world_dir = args.var / "bench-irpo" / "world"
@@ -103,7 +105,7 @@ def main() -> int:
         generate_world(world_dir, WorldSpec(seed=5, n_users=40, queries_per_user=5, n_test=40), progress=False)
     world = World(world_dir)
     enc = TextEncoder()
-    oracle = irpo.oracle_pctr(make_user_simulator("embedding", seed=7, encoder=enc))
+    oracle = Reward(oracle_pctr(make_user_simulator("embedding", seed=7, encoder=enc)), "oracle")
     pick = candidate_picker(args.candidates_k, enc)
     paths = {"tiny": args.var / "bench-irpo" / "tiny", "smollm2": args.var / "models" / "smollm2"}
     if "tiny" in args.models and not (paths["tiny"] / "config.json").exists():
@@ -123,15 +125,11 @@ def main() -> int:
         # the tiny model's test settings (tests/integration/test_irpo.py); SmolLM2: the CPU preset
         extra = dict(learning_rate=1e-2, num_epochs=3, batch_size=4, pairing="all", sft_weight=0.0, bf16=False) if name == "tiny" else {}
         cfg = IRPOConfig.cpu(queries=queries, samples_per_query=args.samples, candidates_k=args.candidates_k, max_new_tokens=args.max_new_tokens,
-                             oracle=True, threads=2, backend=backend_name, **extra)
+                             reward="oracle", threads=2, backend=backend_name, **extra)
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=0)
         t0 = time.perf_counter()
-        if backend_name == "vllm":
-            from llm_auction.models.vllm_backend import VLLMEngineConfig
-
-            backend = make_backend("vllm", model, sampling=sampling, engine=VLLMEngineConfig(), batch_size=cfg.sample_batch_size)
-        else:
-            backend = make_backend("transformers", model, sampling=sampling, num_threads=2, batch_size=cfg.sample_batch_size)
+        # the builder the epochs use; transformers on both threads as before
+        backend = open_backend(Settings(adllm_threads=2), backend=backend_name, model=model, sampling=sampling, batch_size=cfg.sample_batch_size, base_version="base")
         open_s = time.perf_counter() - t0
         idle_share = None
         try:
@@ -144,7 +142,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 reg = ModelRegistry(Path(tmp), "policy")
                 t0 = time.perf_counter()
-                res = irpo.run_epoch(cfg, world=world, backend=backend, base_model=model, registry=reg, pctr=oracle, pctr_version="oracle",
+                res = irpo.run_epoch(cfg, world=world, backend=backend, base_model=model, registry=reg, reward=oracle,
                                      pick=pick, close_backend=True)
                 total = time.perf_counter() - t0
         finally:

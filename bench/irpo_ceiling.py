@@ -144,7 +144,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.getLogger("llm_auction").setLevel(logging.WARNING)
 
-    from llm_auction.cli.args import load_encoder
+    from llm_auction.models.encoder import load_encoder
     from llm_auction.models.retrieval import candidate_picker
     from llm_auction.models.user_sim import make_user_simulator
     from llm_auction.producers.world import World

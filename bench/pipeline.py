@@ -99,9 +99,10 @@ def _settings(bootstrap: str, data_dir: Path) -> Settings:
 def _build(name: str, s: Settings, producer):
     """One service, as ``llm-auction serve <name>`` builds it."""
     from llm_auction.consumers import build
+    from llm_auction.models.backends import open_backend
 
     if name == "responder":
-        return build.responder_service(s, s.kafka_bootstrap, producer, build.open_backend(s))
+        return build.responder_service(s, s.kafka_bootstrap, producer, open_backend(s))
     if name == "user-sim":
         from llm_auction.models.encoder import TextEncoder
         from llm_auction.models.user_sim import make_user_simulator

@@ -207,6 +207,7 @@ def wait_caught_up(reader: LagReader, groups: dict[str, list[str]], timeout_s: f
 
 def soak(minutes: float, rate: float, backend: str, sample_s: float, world: World, tmp: Path, seed: int) -> dict:
     from llm_auction.consumers import build
+    from llm_auction.models.backends import open_backend
     from llm_auction.infra.clickhouse import get_client
     from llm_auction.infra.ddl import migrate
     from llm_auction.models.encoder import TextEncoder
@@ -217,14 +218,14 @@ def soak(minutes: float, rate: float, backend: str, sample_s: float, world: Worl
     with LocalBroker() as broker:
         s = base.with_overrides(
             kafka_bootstrap=broker.bootstrap, clickhouse_url=f"chdb://{tmp / 'clickhouse'}", adllm_backend=backend,
-            adllm_model=base.adllm_model or build.default_model_path(base), seed=seed,
+            adllm_model=base.adllm_model or base.resolved_adllm_model(), seed=seed,
         )
         ensure_topics(s, broker.bootstrap)
         client = get_client(s.resolved_clickhouse_url())
         migrate(client)
         encoder = TextEncoder()
         simulator = make_user_simulator(s.user_sim_backend, seed=s.seed, encoder=encoder)
-        adllm = build.open_backend(s)
+        adllm = open_backend(s)
         producer = make_producer(s, broker.bootstrap)
         loop = build.local_loop(s, broker.bootstrap, producer, adllm, simulator, client, build.candidate_picker(s, encoder)).start()
         groups = {svc.config.group_id: list(svc.config.topics) for svc in loop.services}

@@ -8,8 +8,11 @@ environment is read only by the handler.
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 ENCODER_CACHE_DEFAULT = "<LLMA_DATA_DIR>/pctr/encoder-cache.npz"
 
@@ -41,16 +44,71 @@ def registry_root(args) -> Path:
     return getattr(args, "out", None) or get_settings().resolved_registry_dir()
 
 
-def load_encoder(path: str | Path | None = None):
-    """One TextEncoder per model folder and process: loading MiniLM costs seconds, and its
-    content-hash cache is worth keeping between commands run in one process (tests, notebooks)."""
-    from llm_auction.models.encoder import default_encoder_path
+def add_config_arguments(p: argparse.ArgumentParser, cls: type, shown_defaults: Mapping[str, str] | None = None) -> None:
+    """One flag per field of the dataclass ``cls``: ``--field-name`` (and ``metadata["aliases"]``),
+    typed from the annotation (``Literal`` gives choices, ``bool`` a ``--x/--no-x`` pair, ``list[T]``
+    one or more values), its help from ``metadata["help"]`` with the default appended.
 
-    return _load_encoder(str(Path(path or default_encoder_path()).resolve()))
+    So a config's defaults and help texts are written once, in the dataclass, as TRL's configs do.
+    (transformers' ``HfArgumentParser`` does the same, but importing it loads transformers, which
+    every command, ``--help`` included, would then wait for.) A flag not given leaves no attribute
+    on the namespace (``argparse.SUPPRESS``): :func:`config_from_args` lets a preset fill the rest.
+    ``shown_defaults`` replaces the default shown for fields whose default is resolved at run time.
+    """
+    hints = typing.get_type_hints(cls)
+    shown = dict(shown_defaults or {})
+    group = p.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help")
+        if not help_text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no metadata['help'] to generate its flag from")
+        typ = hints[f.name]
+        args = typing.get_args(typ)
+        if type(None) in args:  # Optional[T]: the flag takes a T; leaving it out keeps the default (None)
+            typ = next(a for a in args if a is not type(None))
+            args = typing.get_args(typ)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{help_text} (default: {shown.get(f.name, default)})".replace("%", "%%")}
+        if typing.get_origin(typ) is Literal:
+            kw.update(choices=args, type=type(args[0]))
+        elif typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(typ) is list:
+            kw.update(nargs="+", type=args[0])
+        else:
+            kw["type"] = typ
+        group.add_argument(f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()), **kw)
 
 
-@functools.lru_cache(maxsize=2)
-def _load_encoder(path: str):
-    from llm_auction.models.encoder import TextEncoder
+def config_from_args(args: argparse.Namespace, cls: type, preset: Callable[..., Any] | None = None, **fallbacks: Any) -> Any:
+    """The config the command line asks for: ``preset`` (default: ``cls`` itself) built from
+    ``fallbacks`` overridden by every field flag given (:func:`add_config_arguments`)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return (preset or cls)(**{**fallbacks, **given})
 
-    return TextEncoder(path)
+
+def add_setting_arguments(p: argparse.ArgumentParser, flags: Mapping[str, str]) -> None:
+    """A flag per ``LLMA_*`` setting in ``flags`` (flag -> ``Settings`` field) that overrides it for
+    this run: type and choices from the field's annotation, help from its description, so a
+    service's flags say what the settings table says. Not given: the setting's value
+    (:func:`settings_from_args`)."""
+    from llm_auction.schemas.settings import Settings
+
+    for flag, name in flags.items():
+        f = Settings.model_fields[name]
+        typ, args = f.annotation, typing.get_args(f.annotation)
+        if type(None) in args:
+            typ = next(a for a in args if a is not type(None))
+        kw: dict[str, Any] = {"dest": name, "default": None, "metavar": flag.lstrip("-").upper().replace("-", "_"),
+                              "help": f"{f.description} (default: LLMA_{name.upper()})".replace("%", "%%")}
+        if typing.get_origin(typ) is Literal:
+            kw["choices"] = typing.get_args(typ)
+        else:
+            kw["type"] = typ
+        p.add_argument(flag, **kw)
+
+
+def settings_from_args(settings, args: argparse.Namespace, flags: Mapping[str, str]):
+    """``settings`` with every flag of :func:`add_setting_arguments` that was given, validated at once."""
+    return settings.with_overrides(**{name: getattr(args, name) for name in flags.values() if getattr(args, name, None) is not None})

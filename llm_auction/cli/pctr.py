@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from llm_auction.cli.args import add_encoder, add_out, add_seed, load_encoder, registry_root
+from llm_auction.cli.args import add_encoder, add_out, add_seed, registry_root
 
 REGISTRY_DEFAULT = "LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry"
 
@@ -115,6 +115,8 @@ def write_impressions(df, path: Path) -> None:
 
 
 def _encoder(args, settings):
+    from llm_auction.models.encoder import load_encoder
+
     enc = load_encoder(args.encoder)
     cache = args.embedding_cache or settings.data_dir / "pctr" / "encoder-cache.npz"
     n = enc.load_cache(cache)
@@ -182,6 +184,8 @@ def _eval(args) -> int:
     df = read_impressions(args.impressions)
     side = json.loads((manifest.path / "model.json").read_text(encoding="utf-8")) if (manifest.path / "model.json").exists() else {}
     enc_path = args.encoder or (Path(side["encoder"]) if side.get("encoder") and Path(side["encoder"]).exists() else None)
+    from llm_auction.models.encoder import load_encoder
+
     encoder = load_encoder(enc_path)
     cache = args.embedding_cache or s.data_dir / "pctr" / "encoder-cache.npz"
     encoder.load_cache(cache)

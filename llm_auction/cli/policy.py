@@ -1,6 +1,7 @@
-"""``llm-auction policy rollout|promote|rollback``: people's rollout decisions, as the controller's.
+"""``llm-auction policy list|show|announce|rollout|promote|rollback``: published policy versions and people's rollout decisions.
 
-Each command reads ``auction.rollout`` from the beginning (the current routing is its latest
+``list`` / ``show`` read the registry; ``announce`` sends a version's event once
+(``producers.versions``). The rollout commands reads ``auction.rollout`` from the beginning (the current routing is its latest
 event) and ``auction.policy-versions`` (a version never announced is refused), builds the
 decision (``consumers/rollout_controller.operator_event``) and sends it on ``auction.rollout``,
 where responders apply it and the rollout controller records it in ClickHouse. Nothing here
@@ -13,8 +14,66 @@ import argparse
 import json
 
 
+REGISTRY_DEFAULT = "LLMA_REGISTRY_DIR, else <LLMA_DATA_DIR>/registry"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from llm_auction.cli.args import add_out
+
+    q = sub.add_parser("policy", help="list / show / announce published policy versions; rollout / promote / rollback",
+                       description="Published Ad-LLM policy versions (the registry's policy kind) and rollout decisions.")
+    pc = q.add_subparsers(dest="policy_command", metavar="ACTION")
+    ls = pc.add_parser("list", help="versions, oldest first, as JSON lines")
+    add_out(ls, "registry root", REGISTRY_DEFAULT)
+    ls.set_defaults(handler=_list)
+    sh = pc.add_parser("show", help="one version's manifest as JSON")
+    sh.add_argument("version", help="like policy-0001")
+    add_out(sh, "registry root", REGISTRY_DEFAULT)
+    sh.set_defaults(handler=_show)
+    an = pc.add_parser("announce", help="announce a version on auction.policy-versions (once; a repeat is a no-op)")
+    an.add_argument("version", help="like policy-0001")
+    an.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: LLMA_KAFKA_BOOTSTRAP)")
+    add_out(an, "registry root", REGISTRY_DEFAULT)
+    an.set_defaults(handler=_announce)
+    register_rollout(pc)
+    q.set_defaults(handler=lambda args: q.print_help() or 0)
+
+
+def _registry(args):
+    from llm_auction.cli.args import registry_root
+    from llm_auction.trainer.registry import ModelRegistry
+
+    return ModelRegistry(registry_root(args), "policy")
+
+
+def _list(args) -> int:
+    for m in _registry(args).list():
+        print(json.dumps({"version": m.version, "parent": m.parent, "created": m.created.isoformat(), "pctr_version": m.extra.get("pctr_version"),
+                          "pairs": m.metrics.get("pairs"), "mean_reward": m.metrics.get("mean_reward"), "sha256": m.sha256, "path": str(m.path)}))
+    return 0
+
+
+def _show(args) -> int:
+    m = _registry(args).get(args.version)
+    print(json.dumps({**m.model_dump(mode="json"), "path": str(m.path)}, indent=2))
+    return 0
+
+
+def _announce(args) -> int:
+    from llm_auction.cli import CliError
+    from llm_auction.producers.versions import announcer
+    from llm_auction.schemas.settings import get_settings
+
+    registry = _registry(args)
+    send = announcer(registry, get_settings(), args.bootstrap)
+    if send is None:
+        raise CliError("no Kafka bootstrap (pass --bootstrap or set LLMA_KAFKA_BOOTSTRAP)")
+    print(json.dumps({"version": args.version, "announced_now": send(registry.get(args.version))}))
+    return 0
+
+
 def register_rollout(pc: argparse._SubParsersAction) -> None:
-    """Add the rollout commands to the ``policy`` group (declared in cli/irpo.py)."""
+    """Add the rollout commands to the ``policy`` group."""
     r = pc.add_parser("rollout", help="canary a version to a share of users (stable hash of the user id)")
     r.add_argument("version", help="like policy-0001")
     r.add_argument("--share", type=float, required=True, help="share of users in [0, 1] (raising it keeps the users already in)")

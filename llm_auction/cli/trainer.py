@@ -34,27 +34,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from llm_auction.cli import CliError
-    from llm_auction.cli.args import load_encoder, registry_root
+    from llm_auction.cli.args import registry_root
     from llm_auction.cli.bootstrap import kafka_bootstrap
-    from llm_auction.cli.irpo import epoch_config
+    from llm_auction.cli.irpo import epoch_config, open_world
     from llm_auction.consumers.service import install_signal_handlers
     from llm_auction.infra.kafka import ensure_topics, make_producer
-    from llm_auction.producers.world import World
+    from llm_auction.models.encoder import load_encoder
+    from llm_auction.producers.versions import announce
     from llm_auction.schemas.settings import get_settings
     from llm_auction.schemas.topics import DEAD_LETTER, IRPO_REQUESTS, POLICY_VERSIONS
-    from llm_auction.trainer.epoch_setup import base_model_dir, generation, next_queries, run_configured_epoch
+    from llm_auction.trainer.epoch_setup import generation, next_queries, run_configured_epoch
     from llm_auction.trainer.irpo import BASE_VERSION
     from llm_auction.trainer.registry import ModelRegistry
     from llm_auction.trainer.service import EpochTrainer
 
     s = get_settings()
     cfg = epoch_config(args, s)  # before anything connects: a bad value fails at once
-    model = base_model_dir(args.model, s)
-    world_dir = args.world or s.data_dir / "world"
-    if not (world_dir / "manifest.json").exists():
-        raise CliError(f"no world at {world_dir} (make one: `llm-auction world --out DIR`, or pass --world)")
-    world = World(world_dir)
+    world = open_world(args, s)
     split_size = sum(1 for _ in world.records(cfg.split))
     registry = ModelRegistry(registry_root(args), "policy")
     bootstrap = kafka_bootstrap(s)
@@ -66,8 +62,8 @@ def run(args) -> int:
     def run_epoch(request, data_window_extra):
         parent = None if request.parent_version == BASE_VERSION else request.parent_version
         return run_configured_epoch(
-            next_queries(cfg, split_size, generation(registry, parent)), world=world, model=model, registry=registry, parent=parent,
-            pctr_version=request.pctr_version, encoder=encoder, settings=s, merge_lora=args.merge_lora, data_window_extra=data_window_extra,
+            next_queries(cfg, split_size, generation(registry, parent)), world=world, model=args.model or s.resolved_adllm_model(), registry=registry,
+            parent=parent, pctr_version=request.pctr_version, encoder=encoder, settings=s, merge_lora=args.merge_lora, data_window_extra=data_window_extra,
         )
 
     stop = threading.Event()
@@ -75,9 +71,10 @@ def run(args) -> int:
     producer = make_producer(s, bootstrap)
     try:
         trainer = EpochTrainer(
-            s, bootstrap, registry, run_epoch, producer, requests_topic=topics[0], versions_topic=topics[1], dead_letter_topic=topics[2], group=args.group,
+            s, bootstrap, registry, run_epoch, producer, lambda m: announce(registry, m, producer, topics[1]),
+            requests_topic=topics[0], dead_letter_topic=topics[2], group=args.group,
         )
-        stats = trainer.run(stop, oracle=cfg.oracle, max_requests=args.max_requests, idle_exit_s=args.idle_exit)
+        stats = trainer.run(stop, oracle=cfg.reward == "oracle", max_requests=args.max_requests, idle_exit_s=args.idle_exit)
     finally:
         producer.close()
     print(json.dumps({"service": "trainer", **asdict(stats)}), flush=True)

@@ -9,7 +9,6 @@ candidate retrieval and the user simulator).
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from llm_auction.schemas import ClickEvent, QueryEvent, ResponseEvent
 from llm_auction.schemas.catalog import load_catalog
@@ -25,35 +24,6 @@ from .responder import ResponderHandler
 from .routing import PolicyRouter
 from .service import ServiceConfig, StreamService
 from .sink import SinkHandler
-
-
-def default_model_path(settings: Settings) -> Path:
-    return settings.adllm_model or settings.data_dir / "models" / "smollm2"
-
-
-def open_backend(settings: Settings, model_path: Path | None = None):
-    """The Ad-LLM backend the settings ask for (``stored`` needs no model)."""
-    from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import make_backend
-
-    path = None
-    if settings.adllm_backend != "stored":
-        path = model_path or default_model_path(settings)
-        if not Path(path).exists():
-            raise FileNotFoundError(f"Ad-LLM model folder {path} does not exist (prepare it with `llm-auction models prepare-smollm2 --out {path}` or set LLMA_ADLLM_MODEL)")
-    engine = None
-    if settings.adllm_backend == "vllm":
-        from llm_auction.models.vllm_backend import VLLMEngineConfig
-
-        engine = VLLMEngineConfig(
-            kv_cache_gb=settings.vllm_kv_cache_gb, cpu_threads=settings.vllm_cpu_threads,
-            max_lora_rank=settings.vllm_max_lora_rank, max_loras=settings.vllm_max_loras,
-        )
-    return make_backend(
-        settings.adllm_backend, path, engine=engine, batch_size=settings.adllm_batch_size,
-        sampling=SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed),
-        base_version=settings.policy_version, num_threads=settings.adllm_threads,
-    )
 
 
 def candidate_picker(settings: Settings, encoder=None):

@@ -14,6 +14,47 @@ from .adllm import AdLLM, AdLLMConfig, CandidateSelector, SamplingConfig
 BackendName = Literal["vllm", "transformers", "stored"]
 
 
+def open_backend(
+    settings,
+    *,
+    backend: BackendName | None = None,
+    model: str | Path | None = None,
+    sampling: SamplingConfig | None = None,
+    batch_size: int | None = None,
+    base_version: str | None = None,
+) -> AdLLM:
+    """The Ad-LLM backend configured from settings: the one builder for the responder, the
+    learning loop, IRPO's sampler and ``irpo evaluate``, so each samples as the responder serves.
+
+    ``backend`` defaults to ``LLMA_ADLLM_BACKEND``, ``model`` to ``settings.resolved_adllm_model()``
+    (which must hold a model, except for ``stored``), ``sampling`` to the responder's
+    (``LLMA_ADLLM_MAX_NEW_TOKENS``, ``LLMA_SEED``), ``batch_size`` to ``LLMA_ADLLM_BATCH_SIZE``;
+    a vLLM engine takes ``LLMA_VLLM_*``.
+    """
+    name = backend or settings.adllm_backend
+    path = None
+    if name != "stored":
+        path = Path(model or settings.resolved_adllm_model())
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"no Ad-LLM model at {path} (prepare one with `llm-auction models prepare-smollm2 --out {path}`, "
+                "set LLMA_ADLLM_MODEL, or pass --model)"
+            )
+    engine = None
+    if name == "vllm":
+        from .vllm_backend import VLLMEngineConfig
+
+        engine = VLLMEngineConfig(
+            kv_cache_gb=settings.vllm_kv_cache_gb, cpu_threads=settings.vllm_cpu_threads,
+            max_lora_rank=settings.vllm_max_lora_rank, max_loras=settings.vllm_max_loras,
+        )
+    return make_backend(
+        name, path, engine=engine, batch_size=batch_size or settings.adllm_batch_size,
+        sampling=sampling or SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed),
+        base_version=base_version or settings.policy_version, num_threads=settings.adllm_threads,
+    )
+
+
 def make_backend(
     name: BackendName,
     model_path: str | Path | None = None,

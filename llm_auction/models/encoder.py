@@ -13,6 +13,7 @@ flat while the texts in use (the current training window, the catalog) stay cach
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import OrderedDict
@@ -121,3 +122,17 @@ class TextEncoder:
         for k, v in zip(keys[start:], vecs[start:]):
             self._put(k, v)
         return len(keys)
+
+
+def load_encoder(path: str | Path | None = None) -> TextEncoder:
+    """One :class:`TextEncoder` per model folder and process (default: the bundled MiniLM).
+
+    Loading the model costs seconds, and its content-hash cache is worth keeping between the
+    commands and components of one process (the loop's responder, user simulator and pCTR; tests).
+    """
+    return _load_encoder(str(Path(path or default_encoder_path()).resolve()))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(path: str) -> TextEncoder:
+    return TextEncoder(path)

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     def resolved_registry_dir(self) -> Path:
         return self.registry_dir or self.data_dir / "registry"
 
+    def resolved_adllm_model(self) -> Path:
+        """The Ad-LLM base model folder: ``LLMA_ADLLM_MODEL``, else ``<data_dir>/models/smollm2``."""
+        return self.adllm_model or self.data_dir / "models" / "smollm2"
+
     def resolved_stream_clickhouse_url(self) -> str:
         return self.stream_clickhouse_url or self.resolved_clickhouse_url()
 

@@ -1,113 +1,13 @@
 """``IRPOConfig``: every setting of one IRPO epoch, in one dataclass (the style of TRL's ``DPOConfig``).
 
-Parameters, grouped by concern:
-
-    > Data: the offline set of this epoch
-
-    queries (`int`, defaults to `32`):
-        Queries in the offline set, taken from the world's ``split`` in file order starting at
-        ``query_offset``.
-    split (`str`, defaults to `"train"`):
-        World split the offline set comes from (``"train"``; the held-out ``"test"`` split is for evaluation).
-    query_offset (`int`, defaults to `0`):
-        Index of the first query of the split to use; successive epochs may move it to see new queries.
-    bid_seed (`int`, defaults to `0`):
-        Seed of this epoch's bids. Bids are redrawn for every query, uniform integers
-        ``bid_low..bid_high`` (paper: 1..100), so the policy must read bids, not memorize them.
-        The trainer derives the effective seed from it and the epoch's parent version.
-    bid_low / bid_high (`int`, default `1` / `100`):
-        Range of the redrawn bids, inclusive.
-    candidates_k (`int` or `None`, defaults to `8`):
-        Candidates listed in the prompt: the top ``k`` by relevance, through the responder's own
-        picker (``models.retrieval.candidate_picker``); ``None`` lists all of them.
-
-    > Sampling: answers from the policy the epoch starts from
-
-    samples_per_query (`int`, defaults to `5`):
-        M, answers sampled per query (paper: 5 for the offline set).
-    temperature, top_p, top_k, max_new_tokens (defaults `0.7`, `0.8`, `20`, `96`):
-        The sampling settings passed to the serving backend (``models.adllm.SamplingConfig``).
-    sample_seed (`int`, defaults to `0`):
-        Seed of the sampler.
-    backend (`str`, defaults to `"transformers"`):
-        Serving backend that samples (``"transformers"`` or ``"vllm"``), through ``make_backend``.
-    sample_batch_size (`int`, defaults to `8`):
-        Prompts per generation batch.
-
-    > Reward: Eq. 8
-
-    delta_th (`float`, defaults to `10.0`):
-        A sample is a loser when the winner's reward exceeds its own by more than this.
-    lam (`float`, defaults to `1.0`):
-        lambda, the weight of the user-experience penalty in Eq. 8.
-    oracle (`bool`, defaults to `False`):
-        Score with the user simulator's exact click probabilities instead of the pCTR model
-        (the paper's "LLM-Auction (Oracle)").
-
-    > Pairing
-
-    pairing (`str`, defaults to `"all"`):
-        ``"all"``: every loser against the winner (the paper); ``"worst"``: one pair per query,
-        the winner against the lowest-reward loser (fewer pairs, cheaper DPO; on SmolLM2 its pairs
-        mostly contrasted format errors and the policy learned to insert fewer ads: docs/irpo.md).
-
-    > DPO (TRL ``DPOConfig``)
-
-    beta (`float`, defaults to `0.1`):
-        DPO temperature (paper: 0.1).
-    learning_rate (`float`, defaults to `1e-3`):
-        Peak learning rate of the LoRA weights (paper, full model: 1e-6).
-    lr_scheduler_type (`str`, defaults to `"cosine"`), warmup_ratio (`float`, defaults to `0.1`):
-        Schedule of the learning rate.
-    batch_size (`int`, defaults to `2`), gradient_accumulation_steps (`int`, defaults to `1`):
-        Pairs per optimizer step = ``batch_size * gradient_accumulation_steps`` (paper: 64). On CPU
-        2 pairs of ~1,150-token rows hold ~7 GB RSS during DPO, 4 pairs ~12 GB.
-    num_epochs (`float`, defaults to `1.0`):
-        Passes over the pairs.
-    sft_weight (`float`, defaults to `1.0`):
-        Weight of a negative log-likelihood term on the chosen answer added to the DPO loss (RPO,
-        Pang et al. 2024; TRL ``loss_type=["sigmoid", "sft"]``). Pure DPO (0, the paper's preset) can lower the
-        chosen answer's likelihood along with the rejected one's and drift off the answers' format;
-        the NLL term keeps the winners (never a format error unless all samples are) likely. With
-        a weight w the first step's loss is ln 2 + w x (the chosen answers' mean token NLL).
-    max_length (`int` or `None`, defaults to `None`):
-        Longest prompt + completion in tokens. ``None`` sizes it from the data (the longest pair);
-        a value below what the data needs is an error, never a silent truncation.
-    bf16 (`bool`, defaults to `True`):
-        bfloat16 autocast for DPO (the LoRA weights stay fp32). Measured on SmolLM2 with K=8 prompts,
-        2 cores (bench/irpo.py): 6.2 s per pair against 11.9 in fp32. Costs exactness: the first
-        step's loss was 0.6971, not ln 2 (policy and reference forwards round differently).
-    precompute_ref_log_probs (`bool`, defaults to `True`):
-        Compute the reference log-probs once before training. Measured: 6.7 s per pair, 22.5 without.
-    gradient_checkpointing (`bool`, defaults to `False`):
-        Recompute activations in the backward pass (TRL's default is ``True``). Off on CPU: memory is
-        not the limit for a small model, and with PEFT it also forces gradients down to the inputs
-        (``enable_input_require_grads``), so adapters on upper layers alone would save no backward.
-        Measured (fp32): 37.3 s per pair with it, 11.9 without.
-    use_cpu (`bool`, defaults to `True`):
-        Train on CPU (TRL: ``use_cpu=True``); ``False`` uses the GPU when there is one.
-    threads (`int` or `None`, defaults to `None`):
-        torch CPU threads during DPO (``None``: leave torch's setting).
-    dpo_seed (`int`, defaults to `0`):
-        Seed of the trainer (shuffling, init of a fresh adapter).
-
-    > LoRA (PEFT ``LoraConfig``)
-
-    lora_r (`int`, defaults to `8`), lora_alpha (`int`, defaults to `16`), lora_dropout (`float`, defaults to `0.0`):
-        Rank, scale and dropout of the adapter. Dropout stays 0 so the first step equals the reference.
-    target_modules (`list[str]` or `None`, defaults to `None`):
-        Modules that get an adapter; ``None`` lets PEFT choose for the architecture
-        (attention projections: ``c_attn``/``c_proj`` for GPT-2, ``q_proj``/``v_proj`` for Llama).
-    layers_to_transform (`list[int]` or `None`, defaults to `None`):
-        Only these decoder layers get adapters (e.g. the upper half: no backward below them);
-        ``None``: all layers. Only used when the epoch starts a fresh adapter.
-    lora_top_layers (`int` or `None`, defaults to `None`):
-        Shorthand for ``layers_to_transform``: the top N decoder layers, counted from the model's
-        depth when DPO opens it. ``layers_to_transform``, when set, takes precedence. Measured
-        on SmolLM2 (the upper 15 of 30, bf16): 6.7 s per pair against 6.2 with all layers, no gain.
+Each field carries its help text in ``metadata["help"]``; the command line of ``irpo run-epoch``
+and ``serve trainer`` is generated from it (``cli/args.add_config_arguments``), so a default and
+its explanation are written once, here. Fields are grouped by concern: the offline set, sampling,
+the reward (Eq. 8), pairing, DPO (TRL ``DPOConfig``) and LoRA (PEFT ``LoraConfig``).
 
 Presets: :meth:`IRPOConfig.paper` (the paper's appendix B.2 values, for a GPU) and
-:meth:`IRPOConfig.cpu` (the defaults above, measured on 2 CPU cores; see docs/irpo.md).
+:meth:`IRPOConfig.cpu` (the class defaults, for small models on 2 CPU cores). The measurements
+behind the CPU defaults are in docs/benchmarks.md ("The CPU IRPO preset") and docs/irpo.md.
 """
 
 from __future__ import annotations
@@ -117,59 +17,77 @@ from typing import Any, Literal
 
 PAIRINGS = ("all", "worst")
 BACKENDS = ("transformers", "vllm")
+REWARDS = ("pctr", "oracle", "auto")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+def _f(default: Any, help: str, *aliases: str) -> Any:
+    """A field with its help text (and extra command-line names) in the metadata."""
+    meta = {"help": help, **({"aliases": list(aliases)} if aliases else {})}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class IRPOConfig:
-    """Settings of one IRPO epoch; see the module docstring for every parameter."""
+    """Settings of one IRPO epoch; each field's help is in its metadata (module docstring)."""
 
-    # data
-    queries: int = 32
-    split: str = "train"
-    query_offset: int = 0
-    bid_seed: int = 0
-    bid_low: int = 1
-    bid_high: int = 100
-    candidates_k: int | None = 8
-    # sampling
-    samples_per_query: int = 5
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    max_new_tokens: int = 96
-    sample_seed: int = 0
-    backend: Literal["transformers", "vllm"] = "transformers"
-    sample_batch_size: int = 8
-    # reward
-    delta_th: float = 10.0
-    lam: float = 1.0
-    oracle: bool = False
-    # pairing
-    pairing: Literal["all", "worst"] = "all"
-    # DPO
-    beta: float = 0.1
-    learning_rate: float = 1e-3
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.1
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    num_epochs: float = 1.0
-    sft_weight: float = 1.0
-    max_length: int | None = None
-    bf16: bool = True
-    precompute_ref_log_probs: bool = True
-    gradient_checkpointing: bool = False
-    use_cpu: bool = True
-    threads: int | None = None
-    dpo_seed: int = 0
-    # LoRA
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] | None = None
-    layers_to_transform: list[int] | None = field(default=None)
-    lora_top_layers: int | None = None
+    # -- data: the offline set of this epoch
+    queries: int = _f(32, "queries in the offline set, taken from the world's split in file order from query_offset")
+    split: Literal["train", "test"] = _f("train", "world split the offline set comes from (test is held out for evaluation)")
+    query_offset: int = _f(0, "index of the first query of the split; successive epochs move it to see new queries", "--offset")
+    bid_seed: int = _f(0, "seed of this epoch's bids, mixed with the parent version so every epoch redraws them (the policy must read bids, not memorize them)")
+    bid_low: int = _f(1, "lowest redrawn bid, inclusive (paper: 1)")
+    bid_high: int = _f(100, "highest redrawn bid, inclusive (paper: 100)")
+    candidates_k: int | None = _f(8, "candidates listed in the prompt: the top k by relevance, through the responder's own picker; None lists all")
+    # -- sampling: answers from the policy the epoch starts from
+    samples_per_query: int = _f(5, "M, answers sampled per query (paper: 5)", "--samples")
+    temperature: float = _f(0.7, "sampling temperature (> 0: greedy decoding gives M identical answers, no pairs)")
+    top_p: float = _f(0.8, "nucleus sampling mass")
+    top_k: int = _f(20, "sample among the k most likely tokens (0: off)")
+    max_new_tokens: int = _f(96, "answer length limit when sampling")
+    sample_seed: int = _f(0, "seed of the sampler")
+    backend: Literal["transformers", "vllm"] = _f("transformers", "serving backend that samples; closed before DPO starts")
+    sample_batch_size: int = _f(8, "prompts per generation batch")
+    # -- reward: Eq. 8
+    delta_th: float = _f(10.0, "a sample is a loser when the winner's reward exceeds its own by more than this (paper: 10)")
+    lam: float = _f(1.0, "lambda of Eq. 8, the weight of the ad-count and format-error penalty (paper: 1)")
+    reward: Literal["pctr", "oracle", "auto"] = _f(
+        "pctr", "click probabilities of Eq. 8: a pCTR version (pctr), the user simulator's exact ones (oracle, the paper's "
+        "LLM-Auction (Oracle)), or auto: pCTR once a version passed its promotion gate, else the oracle (trainer/reward.py)")
+    # -- pairing
+    pairing: Literal["all", "worst"] = _f(
+        "all", "all: the winner against every loser (the paper); worst: against the lowest-reward loser only, one pair per query "
+        "(cheaper DPO; its pairs mostly contrast format errors: docs/irpo.md)")
+    # -- DPO (TRL DPOConfig)
+    beta: float = _f(0.1, "DPO temperature (paper: 0.1)")
+    learning_rate: float = _f(1e-3, "peak learning rate of the LoRA weights (paper, full model: 1e-6)", "--lr")
+    lr_scheduler_type: str = _f("cosine", f"learning-rate schedule, one of {', '.join(SCHEDULES)}")
+    warmup_ratio: float = _f(0.1, "share of the steps spent warming up the learning rate")
+    batch_size: int = _f(2, "pairs per device step; pairs per optimizer step = batch_size x gradient_accumulation_steps (paper: 64); "
+                         "memory grows with it (docs/benchmarks.md, The CPU IRPO preset)")
+    gradient_accumulation_steps: int = _f(1, "device steps per optimizer step")
+    num_epochs: float = _f(1.0, "passes over the pairs", "--dpo-epochs")
+    sft_weight: float = _f(
+        1.0, "weight of the chosen answers' NLL added to the DPO loss (RPO; TRL loss_type sigmoid+sft); 0: pure DPO, which can "
+        "lower the winners' likelihood with the losers' and drift off the answer format (docs/irpo.md)")
+    max_length: int | None = _f(None, "longest prompt + answer in tokens; None sizes it from the data; a value below what the data needs is an error, never a silent truncation")
+    bf16: bool = _f(True, "bfloat16 autocast during DPO (LoRA weights stay fp32): faster on CPUs with AVX512-BF16, but the first loss "
+                    "is no longer exactly ln 2 (docs/benchmarks.md, The CPU IRPO preset)")
+    precompute_ref_log_probs: bool = _f(True, "compute the reference log-probs once before training instead of at every step")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (TRL's default); off on CPU, where memory is not the "
+                                      "limit and with PEFT it forces gradients down to the inputs")
+    use_cpu: bool = _f(True, "train on the CPU (TRL use_cpu); --no-use-cpu uses a GPU when there is one")
+    threads: int | None = _f(None, "torch CPU threads during DPO (None: leave torch's setting)")
+    dpo_seed: int = _f(0, "seed of the trainer (shuffling, the init of a fresh adapter)")
+    # -- LoRA (PEFT LoraConfig)
+    lora_r: int = _f(8, "LoRA rank of a fresh adapter")
+    lora_alpha: int = _f(16, "LoRA scale of a fresh adapter")
+    lora_dropout: float = _f(0.0, "LoRA dropout; 0 keeps the first step equal to the reference")
+    target_modules: list[str] | None = _f(None, "modules that get an adapter; None lets PEFT choose for the architecture")
+    layers_to_transform: list[int] | None = _f(None, "only these decoder layers get adapters (a fresh adapter); None: all")
+    lora_top_layers: int | None = _f(None, "shorthand for layers_to_transform: the top N decoder layers (a fresh adapter); layers_to_transform wins when both are set", "--upper-layers")
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -178,6 +96,7 @@ class IRPOConfig:
 
         need(self.queries >= 1, f"queries must be >= 1, got {self.queries}")
         need(self.split in ("train", "test"), f"split must be 'train' or 'test', got {self.split!r}")
+        need(self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}")
         need(self.query_offset >= 0, f"query_offset must be >= 0, got {self.query_offset}")
         need(1 <= self.bid_low <= self.bid_high, f"bids need 1 <= bid_low <= bid_high, got {self.bid_low}..{self.bid_high}")
         need(self.candidates_k is None or self.candidates_k >= 1, f"candidates_k must be >= 1 or None, got {self.candidates_k}")
@@ -225,10 +144,10 @@ class IRPOConfig:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> "IRPOConfig":
-        """Small-model defaults measured on 2 CPU cores (the class defaults): every loser ("all"), DPO plus
-        the chosen answers' NLL (weight 1), LoRA lr 1e-3 on every layer, 2 pairs per step, bf16 autocast,
-        no gradient checkpointing, reference log-probs precomputed (figures in the field docs above and
-        in docs/irpo.md: on SmolLM2 these raised held-out reward and revenue together)."""
+        """Small-model defaults for 2 CPU cores (the class defaults): every loser ("all"), DPO plus the
+        chosen answers' NLL (weight 1), LoRA lr 1e-3 on every layer, 2 pairs per step, bf16 autocast,
+        no gradient checkpointing, reference log-probs precomputed. Why each: docs/benchmarks.md
+        ("The CPU IRPO preset") and docs/irpo.md."""
         return cls(**overrides)
 
     def replace(self, **changes: Any) -> "IRPOConfig":

@@ -25,6 +25,9 @@ Why it is shaped this way:
   ``.tmp-*`` folder that is never listed.
 - **Monotonic**: the next number is one more than the highest ever published; publishers take
   an exclusive lock (``flock``), and the rename never replaces an existing version.
+- **Private work folders**: a trainer builds a version in ``<root>/.work-*`` (:meth:`ModelRegistry.work_folder`),
+  held by an ``flock`` for as long as it runs; the folder of a trainer that died is swept by the
+  next one (:func:`remove_stale_work`), a live one's never.
 - **Idempotent**: publishing the same main artifact (same sha256) for the same data window
   returns the existing version. A stream worker that restarts and retrains on the same window
   with the same seed reproduces the same bytes, so it does not publish a duplicate.
@@ -39,6 +42,8 @@ import math
 import os
 import re
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +210,23 @@ class ModelRegistry:
 
     # ---------------------------------------------------------------- writing
     @contextmanager
+    def work_folder(self) -> Iterator[Path]:
+        """A private, locked folder under the registry root to build a version in, removed on exit.
+
+        Beside the versions (same file system: :meth:`publish` copies from it), never listed as
+        one; work folders of trainers that died are swept first (:func:`remove_stale_work`).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_work(self.root)
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.root))
+        lock = hold_work_lock(work)
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            lock.close()
+
+    @contextmanager
     def _lock(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / ".lock").open("a") as f:
@@ -336,6 +358,47 @@ class ModelRegistry:
             m.promoted = promoted
             _write_json(m.path / MANIFEST, m.model_dump(mode="json"))
         return m
+
+
+WORK_PREFIX = ".irpo-work-"
+WORK_LOCK = ".owner.lock"
+STALE_UNLOCKED_S = 600.0  # a work folder without its lock file is only this old while mkdtemp -> flock runs
+
+
+def hold_work_lock(work: Path):
+    """Lock ``work`` for as long as the returned file is open; the kernel drops the lock when the process dies."""
+    f = (work / WORK_LOCK).open("a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def remove_stale_work(root: Path) -> list[Path]:
+    """Delete the work folders under ``root`` of trainers that died (killed during DPO): their lock is free.
+
+    A live trainer holds an exclusive ``flock`` on its folder's lock file, so its folder is never
+    taken; a folder without a lock file is removed only when it is older than ``STALE_UNLOCKED_S``.
+    Returns the folders removed.
+    """
+    removed = []
+    for work in sorted(Path(root).glob(f"{WORK_PREFIX}*")):
+        if not work.is_dir():
+            continue
+        lock_path = work / WORK_LOCK
+        try:
+            if lock_path.exists():
+                with lock_path.open("a") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a running trainer owns it
+            elif time.time() - work.stat().st_mtime < STALE_UNLOCKED_S:
+                continue
+        except FileNotFoundError:
+            continue  # its trainer finished meanwhile
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(work)
+        log_event(log, "registry: removed the work folder of a dead trainer", path=str(work))
+    return removed
 
 
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:

@@ -19,9 +19,10 @@ beginning. Requests are served one at a time, in order:
    between publication and announcement.
 2. **unservable?** Undecodable, or its parent or pCTR version is not in the registry: dead-lettered
    on ``auction.dead-letter`` with the reason.
-3. **run the epoch** (the ``run_epoch`` callable: :func:`~llm_auction.trainer.epoch_setup.run_configured_epoch`
-   as ``irpo run-epoch`` assembles it), which publishes atomically; then **announce** on
-   ``auction.policy-versions`` (once), from where the rollout controller canaries it like any
+3. **run the epoch** (the ``run_epoch`` callable: :func:`~llm_auction.trainer.epoch_setup.run_configured_epoch`,
+   the builder ``irpo run-epoch`` uses too), which publishes atomically; then **announce** (the
+   ``announce`` callable: ``producers.versions.announce`` on ``auction.policy-versions``, once),
+   from where the rollout controller canaries it like any
    other version. An epoch that forms no pair publishes nothing (logged); the same seeds would form
    none again, so the request counts as served.
 4. **record** the outcome (``published``, ``no_pairs``, ``refused``) under the policy registry's
@@ -46,14 +47,15 @@ from typing import Any
 
 from llm_auction.logs import log_event
 from llm_auction.schemas import DeadLetter, EpochRequest, SchemaError, decode, encode
-from llm_auction.schemas.topics import DEAD_LETTER, IRPO_REQUESTS, POLICY_VERSIONS
+from llm_auction.schemas.topics import DEAD_LETTER, IRPO_REQUESTS
 
-from .irpo import BASE_VERSION, announce
+from .irpo import BASE_VERSION
 from .registry import Manifest, ModelRegistry
 
 log = logging.getLogger(__name__)
 
 RunEpoch = Callable[[EpochRequest, dict[str, Any]], Any]  # (request, data_window_extra) -> irpo.EpochResult
+Announce = Callable[[Manifest], bool]  # producers.versions.announce bound to a producer: True when sent now
 
 
 def request_window(request: EpochRequest) -> dict[str, Any]:
@@ -116,12 +118,12 @@ class EpochTrainer:
     """Consume epoch requests, run each once, announce its version, then commit (module docstring)."""
 
     def __init__(
-        self, settings, bootstrap: str, registry: ModelRegistry, run_epoch: RunEpoch, producer, *,
-        requests_topic: str = IRPO_REQUESTS, versions_topic: str = POLICY_VERSIONS, dead_letter_topic: str = DEAD_LETTER,
-        group: str | None = None, name: str = "trainer",
+        self, settings, bootstrap: str, registry: ModelRegistry, run_epoch: RunEpoch, producer, announce: Announce, *,
+        requests_topic: str = IRPO_REQUESTS, dead_letter_topic: str = DEAD_LETTER, group: str | None = None, name: str = "trainer",
     ):
         self.settings, self.bootstrap, self.registry, self.run_epoch, self.producer = settings, bootstrap, registry, run_epoch, producer
-        self.requests_topic, self.versions_topic, self.dead_letter_topic = requests_topic, versions_topic, dead_letter_topic
+        self.announce = announce
+        self.requests_topic, self.dead_letter_topic = requests_topic, dead_letter_topic
         self.group = group or settings.trainer_group
         self.name = name
         self.stats = TrainerStats()
@@ -140,7 +142,7 @@ class EpochTrainer:
         return None
 
     def _announce(self, manifest: Manifest) -> None:
-        if announce(self.registry, manifest, self.producer, self.versions_topic):
+        if self.announce(manifest):
             self.stats.announced.append(manifest.version)
 
     def handle(self, request: EpochRequest, oracle: bool = False) -> Manifest | None:
@@ -180,10 +182,7 @@ class EpochTrainer:
     def _dead_letter(self, payload: bytes, reason: str, key: str | None = None, offset: int | None = None) -> None:
         self.stats.dead_lettered += 1
         log_event(log, "trainer: request dead-lettered", logging.WARNING, service=self.name, reason=reason[:300])
-        dl = DeadLetter(
-            source_topic=self.requests_topic, partition=0, offset=offset, key=key,
-            payload=payload.decode("utf-8", "replace")[:100_000], error=reason[:2000], consumer=self.name,
-        )
+        dl = DeadLetter.of(payload, reason, source_topic=self.requests_topic, partition=0, offset=offset, key=key, consumer=self.name)
         self.producer.send(self.dead_letter_topic, key=(key or "").encode("utf-8"), value=encode(dl)).get(timeout=30)
 
     # -- the loop ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import pytest
 from test_stream_app import Worker, produce, traffic, wait_for
 
+from llm_auction.producers.versions import announce
 from llm_auction.schemas import EpochRequest, PolicyVersion, encode
 from llm_auction.schemas.settings import Settings
 from models_fixtures import tiny_model_dir  # noqa: F401  (session fixture)
@@ -147,8 +148,8 @@ def check_served_once(story: Story, registry_dir, bootstrap: str, fresh_group):
     calls = []
     p = make_producer(story.settings, bootstrap)
     try:
-        again = EpochTrainer(story.settings, bootstrap, registry, lambda *a: calls.append(a), p, requests_topic=topics["requests"],
-                             versions_topic=topics["policy"], dead_letter_topic=topics["dlq"], group=fresh_group("trainer-again"))
+        again = EpochTrainer(story.settings, bootstrap, registry, lambda *a: calls.append(a), p, lambda m: announce(registry, m, p, topics["policy"]),
+                             requests_topic=topics["requests"], dead_letter_topic=topics["dlq"], group=fresh_group("trainer-again"))
         st = again.run(threading.Event(), max_requests=2, idle_exit_s=20)
     finally:
         p.close()
@@ -183,8 +184,8 @@ def test_the_stream_app_requests_an_epoch_once_and_the_trainer_serves_it_once(
 
     p = make_producer(settings, kafka_bootstrap)
     try:
-        trainer = EpochTrainer(settings, kafka_bootstrap, registry, run_epoch, p, requests_topic=topics["requests"], versions_topic=topics["policy"],
-                               dead_letter_topic=topics["dlq"], group=fresh_group("trainer"))
+        trainer = EpochTrainer(settings, kafka_bootstrap, registry, run_epoch, p, lambda m: announce(registry, m, p, topics["policy"]),
+                               requests_topic=topics["requests"], dead_letter_topic=topics["dlq"], group=fresh_group("trainer"))
         st = trainer.run(threading.Event(), max_requests=2, idle_exit_s=60)
     finally:
         p.close()

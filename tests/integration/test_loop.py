@@ -28,7 +28,7 @@ def _run(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProces
 
 
 def test_two_epochs_of_the_loop(tiny_model_dir, small_world, tmp_path):
-    from llm_auction.cli.loop import LoopOptions
+    from llm_auction.learning.loop import LoopOptions
 
     data = tmp_path / "data"
     data.mkdir()

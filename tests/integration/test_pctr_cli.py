@@ -16,7 +16,7 @@ import pytest
 
 from llm_auction.auction import allocate, reward
 from llm_auction.cli import main
-from llm_auction.cli.args import load_encoder
+from llm_auction.models.encoder import load_encoder
 from llm_auction.models.pctr import PctrScorer
 from llm_auction.schemas import PctrVersion, decode, encode
 from llm_auction.schemas.catalog import load_catalog

@@ -12,10 +12,11 @@ import pytest
 from llm_auction.auction import allocate, reward
 from llm_auction.schemas import CandidateAd, QueryEvent, UserProfile
 from llm_auction.schemas.catalog import load_catalog
-from llm_auction.trainer import irpo
+from llm_auction.trainer import evaluation, irpo
 from llm_auction.trainer.irpo import make_pairs, pair_table, score_samples
 from llm_auction.trainer.irpo_config import IRPOConfig
 from llm_auction.trainer.registry import ModelRegistry
+from llm_auction.trainer.reward import Reward
 
 
 def test_pairs_winner_is_argmax_and_losers_beyond_delta():
@@ -84,9 +85,12 @@ def test_score_samples_is_eq8_with_batched_pctr():
 def test_cli_passes_lambda_to_the_epoch_and_the_evaluation():
     from llm_auction.cli import build_parser
 
+    from llm_auction.cli.irpo import epoch_config
+    from llm_auction.schemas.settings import Settings
+
     p = build_parser()
-    assert p.parse_args(["irpo", "run-epoch"]).lam == 1.0  # the paper's Eq. 8 by default
-    assert p.parse_args(["irpo", "run-epoch", "--lam", "0.25"]).lam == 0.25
+    assert epoch_config(p.parse_args(["irpo", "run-epoch"]), Settings()).lam == 1.0  # the paper's Eq. 8 by default
+    assert epoch_config(p.parse_args(["irpo", "run-epoch", "--lam", "0.25"]), Settings()).lam == 0.25
     assert p.parse_args(["irpo", "evaluate", "--policy", "base", "--lam", "0.5"]).lam == 0.5
 
 
@@ -124,11 +128,11 @@ def test_evaluation_summary_and_paired_difference():
 
     before = frame([-500.0, 0.0, -10.0, -500.0], [{}, {}, {"Ad-1": 0.2}, {}])
     after = frame([0.0, 0.0, -5.0, 1.0], [{}, {}, {"Ad-1": 0.1}, {"Ad-2": 0.5}])
-    assert irpo.expected_revenue(before).tolist() == [0.0, 0.0, 10.0, 0.0]
-    got = irpo.evaluation_summary(before)
+    assert evaluation.expected_revenue(before).tolist() == [0.0, 0.0, 10.0, 0.0]
+    got = evaluation.evaluation_summary(before)
     assert got["answers"] == 4 and got["mean_reward"]["mean"] == (-250.0 + -255.0) / 2
     assert got["revenue_per_query"]["mean"] == 2.5 and got["format_error_rate"]["mean"] == 0.25
-    diff = irpo.paired_difference(after, before)
+    diff = evaluation.paired_difference(after, before)
     assert diff["mean_reward"]["mean"] == ((0 + 250) + (-2 + 255)) / 2
     assert diff["revenue_per_query"]["mean"] == ((0 - 0) + ((5 + 5) / 2 - 5)) / 2
 
@@ -175,7 +179,7 @@ def test_a_failure_during_dpo_or_publish_publishes_nothing(tmp_path, monkeypatch
     q = _query()
     reg = ModelRegistry(tmp_path / "reg", "policy")
     cfg = IRPOConfig(queries=1, samples_per_query=2, candidates_k=None)
-    kw = dict(world=_World(q), backend=_Backend(q), base_model=tmp_path, registry=reg, pctr=lambda items: [{ad: 0.1 for ad in ads} for _, _, ads in items], pctr_version=None)
+    kw = dict(world=_World(q), backend=_Backend(q), base_model=tmp_path, registry=reg, reward=Reward(lambda items: [{ad: 0.1 for ad in ads} for _, _, ads in items], "pctr-0001"))
 
     def dpo_crash(*a, **k):
         raise RuntimeError("killed during DPO")

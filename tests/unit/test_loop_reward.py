@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llm_auction.cli import CliError
-from llm_auction.cli.loop import LoopOptions, retrain_reward
+from llm_auction.learning.loop import LoopOptions, retrain_reward
 from llm_auction.infra import warehouse
 from llm_auction.schemas.settings import Settings
 from llm_auction.trainer.pctr_fit import NoTrainingRows, PctrConfig, PctrTrainer, holdout_mask
+from llm_auction.trainer.reward import NoRewardModel
 
 from stub_encoder import HashEncoder
 
@@ -44,7 +44,7 @@ def test_no_impressions_keeps_going_on_the_oracle_when_auto(tmp_path, monkeypatc
 
 def test_no_impressions_with_reward_pctr_and_no_version_is_a_clear_error(tmp_path, monkeypatch):
     p = _pipeline(tmp_path, monkeypatch, pd.DataFrame(columns=COLUMNS))
-    with pytest.raises(CliError, match="--reward auto"):
+    with pytest.raises(NoRewardModel, match="--reward auto"):
         retrain_reward(p, LoopOptions(reward="pctr"), lambda msg, **kw: None, t=1)
 
 

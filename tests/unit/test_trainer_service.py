@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llm_auction.schemas import DeadLetter, EpochRequest, PolicyVersion, decode
+from llm_auction.producers.versions import announce
 from llm_auction.schemas.settings import Settings
 from llm_auction.trainer.epoch_setup import generation, next_queries
 from llm_auction.trainer.irpo_config import IRPOConfig
@@ -69,7 +70,7 @@ def setup(tmp_path):
         return Result(m)
 
     producer = Sent()
-    trainer = EpochTrainer(Settings(), "unused:9092", policy, run_epoch, producer, versions_topic="versions", dead_letter_topic="dlq")
+    trainer = EpochTrainer(Settings(), "unused:9092", policy, run_epoch, producer, lambda m: announce(policy, m, producer, "versions"), dead_letter_topic="dlq")
     return trainer, policy, producer, calls
 
 

@@ -1,6 +1,6 @@
 """The embedded defaults a one-process run stands on: world, CPU model, broker, warehouse, services.
 
-``llm-auction demo`` and ``llm-auction loop`` run every service in one process (chdb admits one
+The learning loop (``llm-auction demo`` and ``llm-auction loop``) runs every service in one process (chdb admits one
 process per folder; DESIGN.md), on the same set-up: generate the world once, prepare SmolLM2
 once, open the Ad-LLM, start the local broker (unless ``LLMA_KAFKA_BOOTSTRAP`` is set) and the
 embedded ClickHouse (unless ``LLMA_CLICKHOUSE_URL`` is set), and run responder, user simulator
@@ -34,9 +34,7 @@ def prepare_world(s, step: Step):
 
 def prepare_model(s, step: Step) -> Path:
     """The Ad-LLM folder: ``LLMA_ADLLM_MODEL``, else SmolLM2 under ``<data_dir>/models``, prepared once."""
-    from llm_auction.consumers import build
-
-    model_path = build.default_model_path(s)
+    model_path = s.resolved_adllm_model()
     if s.adllm_backend != "stored" and s.adllm_model is None:
         from llm_auction.models.smollm2 import is_prepared, prepare_smollm2
 
@@ -65,7 +63,7 @@ class Pipeline:
 def pipeline(s, backend, step: Step) -> Iterator[Pipeline]:
     """Broker, warehouse (migrated), producer, and the three services on threads, the responder
     following the control topics; everything is stopped on exit (the backend is the caller's)."""
-    from llm_auction.cli.args import load_encoder
+    from llm_auction.models.encoder import load_encoder
     from llm_auction.consumers import build
     from llm_auction.infra.broker import broker_for
     from llm_auction.infra.clickhouse import get_client
