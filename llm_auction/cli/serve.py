@@ -12,7 +12,17 @@ import json
 import threading
 from pathlib import Path
 
+from llm_auction.cli.args import add_setting_arguments, settings_from_args
 from llm_auction.cli.bootstrap import kafka_bootstrap as _bootstrap
+
+# Each service's flags, generated from the settings they override (flag -> Settings field).
+SETTING_FLAGS = {
+    "responder": {"--backend": "adllm_backend", "--model": "adllm_model", "--batch-size": "adllm_batch_size", "--candidates": "candidates_k",
+                  "--policy-version": "policy_version"},
+    "user-sim": {"--backend": "user_sim_backend"},
+    "sink": {"--batch-size": "sink_batch_size", "--max-wait": "sink_batch_max_wait_s"},
+    "rollout-controller": {"--interval": "rollout_check_interval_s"},
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,29 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     ss = p.add_subparsers(dest="service", metavar="SERVICE", required=True)
 
     r = ss.add_parser("responder", help="queries -> Ad-LLM answers with validated allocations (auction.responses)")
-    r.add_argument("--backend", choices=["transformers", "vllm", "stored"], help="Ad-LLM backend (default: LLMA_ADLLM_BACKEND)")
-    r.add_argument("--model", type=Path, help="model folder (default: LLMA_ADLLM_MODEL or <data_dir>/models/smollm2)")
-    r.add_argument("--batch-size", type=int, help="queries per generation batch (default: LLMA_ADLLM_BATCH_SIZE)")
-    r.add_argument("--candidates", type=int, help="candidate ads shown per query, top K by relevance (default: LLMA_CANDIDATES_K; 0 = all)")
-    r.add_argument("--policy-version", help="policy version to serve (default: LLMA_POLICY_VERSION)")
+    add_setting_arguments(r, SETTING_FLAGS["responder"])
     _limits(r)
     r.set_defaults(handler=_serve, service_name="responder")
 
     u = ss.add_parser("user-sim", help="responses -> one click decision per exposed ad (auction.clicks)")
-    u.add_argument("--backend", choices=["embedding", "llm"], help="user simulator (default: LLMA_USER_SIM_BACKEND)")
+    add_setting_arguments(u, SETTING_FLAGS["user-sim"])
     _limits(u)
     u.set_defaults(handler=_serve, service_name="user-sim")
 
     k = ss.add_parser("sink", help="queries, responses and clicks -> ClickHouse (LLMA_CLICKHOUSE_URL), batched")
-    k.add_argument("--batch-size", type=int, help="max events per insert (default: LLMA_SINK_BATCH_SIZE)")
-    k.add_argument("--max-wait", type=float, help="max seconds before a partial batch is inserted (default: LLMA_SINK_BATCH_MAX_WAIT_S)")
+    add_setting_arguments(k, SETTING_FLAGS["sink"])
     _limits(k)
     k.set_defaults(handler=_serve, service_name="sink")
 
     c = ss.add_parser("rollout-controller", help="canary announced policy versions, promote or roll back on measured reward (auction.rollout)",
                       description="Canary every announced policy version and decide from ClickHouse with the LLMA_ROLLOUT_* rule (docs/rollout.md).")
-    c.add_argument("--interval", type=float, help="seconds between looks (default: LLMA_ROLLOUT_CHECK_INTERVAL_S)")
-    c.set_defaults(handler=_rollout_controller)
+    add_setting_arguments(c, SETTING_FLAGS["rollout-controller"])
+    c.set_defaults(handler=_rollout_controller, service_name="rollout-controller")
 
     a = ss.add_parser("stream-app", help="responses x clicks -> impressions (ClickHouse), pCTR retraining -> auction.pctr-versions (Faust)")
     _stream_app_arguments(a)
@@ -94,19 +99,6 @@ def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a message")
 
 
-def _with_overrides(settings, args):
-    upd = {}
-    for arg, field in (("backend", "adllm_backend" if args.service_name == "responder" else "user_sim_backend"), ("model", "adllm_model"),
-                       ("policy_version", "policy_version"), ("max_wait", "sink_batch_max_wait_s")):
-        if getattr(args, arg, None) is not None:
-            upd[field] = getattr(args, arg)
-    if getattr(args, "batch_size", None) is not None:
-        upd["adllm_batch_size" if args.service_name == "responder" else "sink_batch_size"] = args.batch_size
-    if getattr(args, "candidates", None) is not None:
-        upd["candidates_k"] = args.candidates or None
-    return settings.with_overrides(**upd)  # validated: `--batch-size 0` fails here, in one line
-
-
 def _serve(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.consumers import build
@@ -114,7 +106,9 @@ def _serve(args) -> int:
     from llm_auction.infra.kafka import make_producer
     from llm_auction.schemas.settings import get_settings
 
-    s = _with_overrides(get_settings(), args)
+    if getattr(args, "candidates_k", None) == 0:
+        args.candidates_k = None  # 0: every candidate (unset LLMA_CANDIDATES_K)
+    s = settings_from_args(get_settings(), args, SETTING_FLAGS[args.service_name])
     bootstrap = _bootstrap(s)
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -122,10 +116,11 @@ def _serve(args) -> int:
     name = args.service_name
     backend = control = None
     if name == "responder":
+        from llm_auction.models.backends import open_backend
         from llm_auction.models.encoder import TextEncoder
 
         encoder = TextEncoder() if s.candidates_k else None
-        backend = build.open_backend(s)
+        backend = open_backend(s)
         control = build.responder_control(s, bootstrap, backend, producer).start()  # policy versions and rollouts (docs/rollout.md)
         svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop, control=control)
     elif name == "user-sim":
@@ -161,7 +156,7 @@ def _rollout_controller(args) -> int:
     from llm_auction.infra.kafka import ensure_topics, make_producer
     from llm_auction.schemas.settings import get_settings
 
-    s = get_settings()
+    s = settings_from_args(get_settings(), args, SETTING_FLAGS["rollout-controller"])
     bootstrap = _bootstrap(s)
     ensure_topics(s, bootstrap)
     stop = threading.Event()
@@ -170,7 +165,7 @@ def _rollout_controller(args) -> int:
     migrate(client)
     producer = make_producer(s, bootstrap)
     try:
-        made = RolloutController(s, bootstrap, client, producer).start().run(stop, args.interval)
+        made = RolloutController(s, bootstrap, client, producer).start().run(stop)
     finally:
         producer.close()
         client.close()

@@ -51,6 +51,7 @@ from llm_auction.infra.kafka import open_reader, read_topics
 from llm_auction.logs import log_event
 from llm_auction.schemas import PolicyVersion, RolloutEvent, decode, encode
 from llm_auction.schemas.events import ArmEvidence
+from llm_auction.schemas.settings import Settings
 from llm_auction.schemas.topics import POLICY_VERSIONS, ROLLOUT
 
 from .sequential import ArmStats, msprt
@@ -61,20 +62,31 @@ DECISIONS_TABLE = "llm_auction.rollout_decisions"
 TERMINAL = ("promoted", "rolled_back")
 
 
+RULE_SETTINGS = {  # RolloutRule field -> the Settings field it comes from
+    "canary_share": "rollout_canary_share", "min_queries": "rollout_min_queries", "max_queries": "rollout_max_queries",
+    "alpha": "rollout_alpha", "tau": "rollout_mixture_sd", "max_format_error_increase": "rollout_max_format_error_increase",
+}
+
+
+def _default(field_name: str):
+    return Settings.model_fields[RULE_SETTINGS[field_name]].default
+
+
 @dataclass(frozen=True)
 class RolloutRule:
-    """The controller's decision rule (see the module docstring)."""
+    """The controller's decision rule (see the module docstring); each field's default is its
+    ``LLMA_ROLLOUT_*`` setting's (:data:`RULE_SETTINGS`), so the two cannot drift."""
 
-    canary_share: float = 0.1
-    min_queries: int = 200
-    max_queries: int = 5000
-    alpha: float = 0.05
-    tau: float = 20.0
-    max_format_error_increase: float = 0.05
+    canary_share: float = _default("canary_share")
+    min_queries: int = _default("min_queries")
+    max_queries: int = _default("max_queries")
+    alpha: float = _default("alpha")
+    tau: float = _default("tau")
+    max_format_error_increase: float = _default("max_format_error_increase")
 
     @classmethod
     def from_settings(cls, s) -> "RolloutRule":
-        return cls(s.rollout_canary_share, s.rollout_min_queries, s.rollout_max_queries, s.rollout_alpha, s.rollout_mixture_sd, s.rollout_max_format_error_increase)
+        return cls(**{f: getattr(s, name) for f, name in RULE_SETTINGS.items()})
 
 
 @dataclass(frozen=True)

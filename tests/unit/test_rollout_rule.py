@@ -42,3 +42,13 @@ def test_reward_decides_when_format_errors_are_alike():
 def test_the_maximum_lets_the_point_estimate_decide():
     state, reason, _ = decide(RULE, arm(1000, 0.0, 200, 50), arm(1000, -1.0, 200, 50))
     assert state == "rolled_back" and reason.startswith("maximum sample")
+
+
+def test_the_rule_defaults_are_the_settings_defaults():
+    """One place for each default: RolloutRule's come from the LLMA_ROLLOUT_* settings."""
+    from llm_auction.consumers.rollout_controller import RULE_SETTINGS
+    from llm_auction.schemas.settings import Settings
+
+    assert RolloutRule.from_settings(Settings()) == RolloutRule()
+    assert RolloutRule.from_settings(Settings(rollout_min_queries=7, rollout_mixture_sd=3.0)).min_queries == 7
+    assert set(RULE_SETTINGS) == {f for f in RolloutRule.__dataclass_fields__}
