@@ -64,3 +64,20 @@ def test_loop_flags_and_the_demo_preset():
         p.parse_args(["loop", "--reward", "bogus"])
     with pytest.raises(ValueError, match="canary_share"):
         config_from_args(p.parse_args(["loop", "--canary-share", "1.5"]), LoopOptions)
+
+
+def test_service_flags_come_from_the_settings_they_override():
+    from llm_auction.cli.args import settings_from_args
+    from llm_auction.cli.serve import SETTING_FLAGS
+
+    p = build_parser()
+    args = p.parse_args(["serve", "sink", "--batch-size", "5", "--max-wait", "0.5"])
+    s = settings_from_args(Settings(), args, SETTING_FLAGS["sink"])
+    assert (s.sink_batch_size, s.sink_batch_max_wait_s, s.adllm_batch_size) == (5, 0.5, Settings().adllm_batch_size)
+    assert settings_from_args(Settings(), p.parse_args(["serve", "responder"]), SETTING_FLAGS["responder"]) == Settings()
+    with pytest.raises(SystemExit):
+        p.parse_args(["serve", "responder", "--backend", "bogus"])  # choices from the setting's Literal
+    with pytest.raises(Exception, match="sink_batch_size"):
+        settings_from_args(Settings(), p.parse_args(["serve", "sink", "--batch-size", "0"]), SETTING_FLAGS["sink"])  # the setting's own check
+    sub, _ = _dests(p, "serve", "responder")
+    assert Settings.model_fields["adllm_batch_size"].description in " ".join(sub.format_help().split())
