@@ -145,9 +145,9 @@ class ServiceConfig:
 # query holds 100 candidate models), so a service allocates hundreds of thousands per second and
 # CPython's default thresholds (700 allocations) run a collection every few events; each
 # full collection then walks the whole heap of torch, transformers and the encoder cache.
-# Measured on QueryEvent decoding: 0.39 ms per event with the defaults, 0.11 ms without the
-# collector. Freezing what startup built and raising the young-generation threshold keeps the
-# collector (events are acyclic; cycles are rare) at a small fraction of that cost.
+# On QueryEvent decoding the default collector cost several times the decoding itself
+# (docs/benchmarks.md, service loop). Freezing what startup built and raising the young-generation
+# threshold keeps the collector (events are acyclic; cycles are rare) at a small fraction of that.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
@@ -278,7 +278,7 @@ class StreamService:
         (murmur2 of the same key, modulo the same count) whenever the upstream producer used it,
         and otherwise it still keeps one query's events in one partition number across topics,
         which joins by key need. It spares kafka-python's pure-Python murmur2 and partition
-        lookup: ~8% of the user simulator's CPU in bench/pipeline.py.
+        lookup, a visible share of the user simulator's CPU (bench/pipeline.py; docs/benchmarks.md).
         """
         return {r.key: (r.topic, r.partition) for r in records if r.key}
 

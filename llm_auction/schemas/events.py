@@ -59,9 +59,9 @@ class QueryEvent(Event):
     ``candidates`` is a :class:`~llm_auction.schemas.candidates.Candidates`: a read-only sequence
     of ``CandidateAd`` held as two columns (ad ids and bids), because catalog ads need no more.
     Give it a list of models, dicts or ``[ad_id, bid]`` pairs and it is converted and checked (no
-    duplicate ids, compact ids must be catalog ads). On the wire a query of catalog ads is ~1.4 KB
-    instead of ~10 KB with titles; the catalog is also what the responder checks titles against,
-    so this adds no new source of truth.
+    duplicate ids, compact ids must be catalog ads). On the wire a query of catalog ads then carries
+    no titles, a fraction of its size with them (docs/benchmarks.md, wire format); the catalog is
+    also what the responder checks titles against, so this adds no new source of truth.
     """
 
     query_id: NonEmpty
@@ -90,8 +90,8 @@ class ResponseEvent(Event):
     A response carries what every downstream hop needs and no more: the question and the
     profile (user simulator, impressions join), the answer, and the exposed ads with their bids
     (clicks, revenue, Eq. 8). The query's full candidate list stays on ``auction.queries``:
-    copying 100 candidates into every answer made a response ~11 KB and its decoding the
-    largest cost of the user-simulator and sink hops (bench/pipeline.py). ``shown_ad_ids``
+    copying 100 candidates into every answer made its decoding the largest cost of the
+    user-simulator and sink hops (docs/benchmarks.md, wire format). ``shown_ad_ids``
     records which candidates the Ad-LLM was offered. Build one from the query it answers with
     :meth:`for_query`.
     """
