@@ -263,8 +263,13 @@ class VLLMAdLLM:
             for request in self._lora.values():
                 self._engine.llm_engine.add_lora(request)
 
+    @property
+    def tokenizer(self):
+        """The engine's tokenizer (what the prompt is rendered with; mechanisms count generated tokens with it)."""
+        return self._engine.get_tokenizer()
+
     def prompts(self, queries: list[QueryEvent]) -> list[str]:
-        tok = self._engine.get_tokenizer()
+        tok = self.tokenizer
         return [render_prompt(tok, prompt_messages(q, self.config.demonstration, self.select)) for q in queries]
 
     def generate(self, queries: list[QueryEvent], policy_version: str | Sequence[str], n: int = 1) -> list[list[str]]:
