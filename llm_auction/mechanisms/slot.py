@@ -9,7 +9,7 @@ top one wins the single slot and pays, per click, the generalized second price
 asked to answer with only the winner as its candidate. The slot is sold before the answer exists,
 so it is shown whatever the model writes: when the answer does not expose the winner, the ad is
 appended as a sponsored line. The pCTR before generation cannot see the answer (Eq. 3's phi(y)):
-the query's text stands for it.
+each ad is scored in a stand-in answer: the question followed by the ad's marker.
 """
 
 from __future__ import annotations
@@ -25,9 +25,16 @@ PreCtr = Callable[[Sequence[QueryEvent]], list[dict[str, float]]]  # queries -> 
 
 
 def pre_generation_ctr(score: ScoreFn) -> PreCtr:
-    """pCTR of every candidate before generation, from an answer-level pCTR function, the query's
-    text standing in for the answer."""
-    return lambda queries: score([(q, q.query, q.candidates.ad_ids) for q in queries])
+    """pCTR of every candidate before generation, from an answer-level pCTR function: each ad is
+    scored in a stand-in answer, the question followed by the ad's marker (the same form for every
+    candidate, so the ranking sees query, profile and ad, as a pre-generation auction does)."""
+
+    def ctr(queries: Sequence[QueryEvent]) -> list[dict[str, float]]:
+        items = [(q, f"{q.query} @{c.title}@[{c.ad_id}]", [c.ad_id]) for q in queries for c in q.candidates]
+        probs = iter(score(items))
+        return [{c.ad_id: next(probs)[c.ad_id] for c in q.candidates} for q in queries]
+
+    return ctr
 
 
 def gsp_price(ranked: Sequence[tuple[str, float, float]], reserve: float = 0.0) -> float:
@@ -72,7 +79,7 @@ class SlotAuction:
             alloc = allocate(shown, w.candidates)
             price = gsp_price(r, self.reserve)
             detail = {"version": self.version, "winner": ad.ad_id, "price": price, "appended": shown != text,
-                      "ranking": [(a, b, round(p, 6)) for a, b, p in r[:3]]}
+                      "ranking": r}
             out.append(Outcome(q.query_id, shown, alloc, {a: price for a in alloc.exposed}, Cost(1, self.count_tokens(text), seconds), detail))
         return out
 
