@@ -359,7 +359,7 @@ def _stored_counts(data_dir: Path) -> dict:
 
 def generation(tmp: Path, world_root: Path, skip_smollm2: bool, data_dir: Path) -> dict:
     from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import make_backend
+    from llm_auction.models.backends import open_backend
     from llm_auction.models.encoder import TextEncoder
     from llm_auction.models.retrieval import top_k_candidates
     from llm_auction.models.tiny import build_tiny
@@ -378,7 +378,9 @@ def generation(tmp: Path, world_root: Path, skip_smollm2: bool, data_dir: Path) 
             prepare_smollm2(models["smollm2"])
     out = {}
     for name, path in models.items():
-        backend = make_backend("transformers", path, sampling=SamplingConfig(max_new_tokens=Settings().adllm_max_new_tokens, seed=1), batch_size=8)
+        # torch's own thread count, as this row was measured (LLMA_ADLLM_THREADS unset)
+        backend = open_backend(Settings(adllm_threads=None), backend="transformers", model=path, sampling=SamplingConfig(max_new_tokens=Settings().adllm_max_new_tokens, seed=1),
+                               batch_size=8, base_version="base")
         backend.generate(shown[:2], "base")  # warm-up
         t0 = time.perf_counter()
         backend.generate(shown, "base")

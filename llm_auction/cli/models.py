@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-new-tokens", type=int, default=160)
     g.add_argument("--temperature", type=float, default=0.7)
     add_seed(g, default=0)
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads while generating (transformers)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads while generating (transformers; default: LLMA_ADLLM_THREADS)")
     g.set_defaults(handler=_generate)
 
     p.set_defaults(handler=lambda args: (p.print_help(), 0)[1])
@@ -138,7 +138,8 @@ def _generate(args) -> int:
     from llm_auction.auction import allocate
     from llm_auction.cli import CliError
     from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import make_backend
+    from llm_auction.models.backends import open_backend
+    from llm_auction.schemas.settings import get_settings
 
     if args.n < 1:
         raise CliError("-n must be at least 1")
@@ -150,8 +151,10 @@ def _generate(args) -> int:
 
         select = RetrievalSelector(TextEncoder(), args.top_k_ads)
     sampling = SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    kwargs = {"num_threads": args.threads} if args.backend == "transformers" else {}
-    backend = make_backend(args.backend, args.model, sampling=sampling, select=select, demonstration=not args.no_demo, **kwargs)
+    s = get_settings()
+    if args.threads is not None:
+        s = s.with_overrides(adllm_threads=args.threads)
+    backend = open_backend(s, backend=args.backend, model=args.model, sampling=sampling, base_version="base", select=select, demonstration=not args.no_demo)
     version = backend.config.base_version
     if args.policy_uri is not None:
         version = "cli-policy"

@@ -22,14 +22,18 @@ def open_backend(
     sampling: SamplingConfig | None = None,
     batch_size: int | None = None,
     base_version: str | None = None,
+    select: CandidateSelector | None = None,
+    **config_overrides,
 ) -> AdLLM:
     """The Ad-LLM backend configured from settings: the one builder for the responder, the
     learning loop, IRPO's sampler and ``irpo evaluate``, so each samples as the responder serves.
 
     ``backend`` defaults to ``LLMA_ADLLM_BACKEND``, ``model`` to ``settings.resolved_adllm_model()``
     (which must hold a model, except for ``stored``), ``sampling`` to the responder's
-    (``LLMA_ADLLM_MAX_NEW_TOKENS``, ``LLMA_SEED``), ``batch_size`` to ``LLMA_ADLLM_BATCH_SIZE``;
-    a vLLM engine takes ``LLMA_VLLM_*``.
+    (``LLMA_ADLLM_MAX_NEW_TOKENS``, ``LLMA_SEED``), ``batch_size`` to ``LLMA_ADLLM_BATCH_SIZE``,
+    ``base_version`` (the name the base model is served under) to ``LLMA_POLICY_VERSION``; a vLLM
+    engine takes ``LLMA_VLLM_*``. ``select`` and ``config_overrides`` (``AdLLMConfig`` fields) are
+    for commands that vary the prompt on purpose (``models generate``).
     """
     name = backend or settings.adllm_backend
     path = None
@@ -51,7 +55,7 @@ def open_backend(
     return make_backend(
         name, path, engine=engine, batch_size=batch_size or settings.adllm_batch_size,
         sampling=sampling or SamplingConfig(max_new_tokens=settings.adllm_max_new_tokens, seed=settings.seed),
-        base_version=base_version or settings.policy_version, num_threads=settings.adllm_threads,
+        base_version=base_version or settings.policy_version, select=select, **{"num_threads": settings.adllm_threads, **config_overrides},
     )
 
 

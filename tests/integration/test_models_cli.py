@@ -53,7 +53,7 @@ def test_generate_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     good = tmp_path / "q.json"
     good.write_bytes(encode(make_queries(1)[0]))
     assert main(["models", "generate", "--model", str(tmp_path / "none"), "--query-file", str(good)]) == 2
-    assert "no model folder" in capsys.readouterr().err
+    assert "no Ad-LLM model at" in capsys.readouterr().err
 
 
 def test_prepare_smollm2_skips_a_prepared_folder(tmp_path, capsys):
