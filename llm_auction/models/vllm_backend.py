@@ -47,6 +47,7 @@ from .adllm import (
     per_query_versions,
     prompt_messages,
 )
+from .device import cpu_supports_bf16
 from .prompt import render_prompt
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,6 @@ def _require_vllm():
             f"vllm backend: vLLM found no usable device here (platform {current_platform.device_type!r}); use the transformers backend"
         )
     return vllm, current_platform
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this x86 CPU has native bfloat16 (AVX512-BF16 or AMX): vLLM's fast CPU dtype."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _exit_on_sigterm() -> None:

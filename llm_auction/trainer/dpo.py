@@ -162,7 +162,7 @@ def train_dpo(base_model: Path, parent_adapter: Path | None, rows_fn: Callable, 
             max_length=max_length,
             precompute_ref_log_probs=cfg.precompute_ref_log_probs,
             gradient_checkpointing=cfg.gradient_checkpointing,
-            bf16=cfg.bf16,
+            bf16=cfg.use_bf16,
             use_cpu=cfg.use_cpu,
             seed=cfg.dpo_seed,
             logging_steps=1,
@@ -183,7 +183,7 @@ def train_dpo(base_model: Path, parent_adapter: Path | None, rows_fn: Callable, 
     finally:
         torch.set_num_threads(threads)
     _flatten_default_adapter(out_dir)
-    return DPOResult(out_dir, _dpo_metrics(history) | {"dpo_max_length": float(max_length)}, history)
+    return DPOResult(out_dir, _dpo_metrics(history) | {"dpo_max_length": float(max_length), "dpo_bf16": float(cfg.use_bf16)}, history)
 
 
 def _check_not_truncated(dataset, n_rows: int, max_length: int) -> None:

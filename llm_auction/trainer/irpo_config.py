@@ -73,8 +73,9 @@ class IRPOConfig:
         1.0, "weight of the chosen answers' NLL added to the DPO loss (RPO; TRL loss_type sigmoid+sft); 0: pure DPO, which can "
         "lower the winners' likelihood with the losers' and drift off the answer format (docs/irpo.md)")
     max_length: int | None = _f(None, "longest prompt + answer in tokens; None sizes it from the data; a value below what the data needs is an error, never a silent truncation")
-    bf16: bool = _f(True, "bfloat16 autocast during DPO (LoRA weights stay fp32): faster on CPUs with AVX512-BF16, but the first loss "
-                    "is no longer exactly ln 2 (docs/benchmarks.md, The CPU IRPO preset)")
+    bf16: bool | None = _f(None, "bfloat16 autocast during DPO (LoRA weights stay fp32); None: on where it is native (a GPU, or a CPU with "
+                           "AVX512-BF16 or AMX), float32 elsewhere, where bfloat16 is emulated. Faster where native, but the first loss "
+                           "is no longer exactly ln 2 (docs/benchmarks.md, The CPU IRPO preset)")
     precompute_ref_log_probs: bool = _f(True, "compute the reference log-probs once before training instead of at every step")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (TRL's default); off on CPU, where memory is not the "
                                       "limit and with PEFT it forces gradients down to the inputs")
@@ -145,13 +146,22 @@ class IRPOConfig:
     @classmethod
     def cpu(cls, **overrides: Any) -> "IRPOConfig":
         """Small-model defaults for 2 CPU cores (the class defaults): every loser ("all"), DPO plus the
-        chosen answers' NLL (weight 1), LoRA lr 1e-3 on every layer, 2 pairs per step, bf16 autocast,
+        chosen answers' NLL (weight 1), LoRA lr 1e-3 on every layer, 2 pairs per step, bf16 autocast where native,
         no gradient checkpointing, reference log-probs precomputed. Why each: docs/benchmarks.md
         ("The CPU IRPO preset") and docs/irpo.md."""
         return cls(**overrides)
 
     def replace(self, **changes: Any) -> "IRPOConfig":
         return replace(self, **changes)
+
+    @property
+    def use_bf16(self) -> bool:
+        """``bf16`` resolved: None means native bfloat16 only (a GPU, or a CPU that has it)."""
+        if self.bf16 is not None:
+            return self.bf16
+        from llm_auction.models.device import cpu_supports_bf16
+
+        return not self.use_cpu or cpu_supports_bf16()
 
     @property
     def pairs_per_step(self) -> int:

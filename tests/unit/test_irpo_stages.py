@@ -215,3 +215,14 @@ def test_a_failure_during_dpo_or_publish_publishes_nothing(tmp_path, monkeypatch
     res = irpo.run_epoch(cfg, **kw)
     assert res.manifest.version == "policy-0001" and res.metrics["pairs"] == 1 and res.metrics["skipped_queries"] == 0
     assert sorted(res.manifest.files) == ["adapter_config.json", "adapter_model.safetensors", "irpo_pairs.parquet", "irpo_samples.parquet"]
+
+
+def test_bf16_defaults_to_native_only(monkeypatch):
+    """bf16=None: autocast only where bfloat16 is native (emulated bf16 is slower than fp32)."""
+    import llm_auction.models.device as device
+
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
+    assert IRPOConfig().use_bf16 is False and IRPOConfig(use_cpu=False).use_bf16 is True and IRPOConfig(bf16=True).use_bf16 is True
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    assert IRPOConfig().use_bf16 is True and IRPOConfig(bf16=False).use_bf16 is False
+    assert IRPOConfig.paper().bf16 is True
