@@ -26,7 +26,8 @@ def evaluate_versions(cfg, versions: Sequence[str], *, world, model, registry, e
     """``samples`` fresh answers of each policy version (or ``"base"``) to ``cfg``'s queries with
     ``cfg.bid_seed``'s bids, through ``cfg.backend`` with the responder's narrowing, scored by
     ``cfg.reward``; per version the :func:`evaluation_summary`, and with two versions the
-    :func:`paired_difference` of the first against the second (same queries and bids)."""
+    :func:`paired_difference` of the first against the second (same queries and bids); the same
+    answers rescored under the held-out judge (:func:`held_out_judge`) beside them."""
     import tempfile
     from pathlib import Path
 
@@ -50,11 +51,38 @@ def evaluate_versions(cfg, versions: Sequence[str], *, world, model, registry, e
             frames = {v: evaluate_policy(backend, queries, v, reward.score, m=samples, lam=cfg.lam) for v in versions}
     finally:
         backend.close()
+    judge = held_out_judge(settings, encoder)
+    by_id = {q.query_id: q for q in queries}
+    judged = {v: rescore(f, by_id, judge.score, cfg.lam) for v, f in frames.items()}
     report = {"queries": len(queries), "samples": samples, "pctr_version": reward.version, "candidates_k": cfg.candidates_k, "seed": cfg.bid_seed,
-              "lam": cfg.lam, "policies": {v: evaluation_summary(f) for v, f in frames.items()}}
+              "lam": cfg.lam, "policies": {v: evaluation_summary(f) for v, f in frames.items()},
+              "judge": {"name": judge.version, "policies": {v: evaluation_summary(f) for v, f in judged.items()}}}
     if len(versions) == 2:
         report["difference"] = paired_difference(frames[versions[0]], frames[versions[1]])
+        report["judge"]["difference"] = paired_difference(judged[versions[0]], judged[versions[1]])
     return report
+
+
+JUDGE = "held-out-judge"
+
+
+def held_out_judge(settings, encoder):
+    """Click probabilities of the held-out judge (``models.user_sim.embedding.HELD_OUT_JUDGE``): a
+    second click model with other weights, fixed before any training, that no policy was trained
+    on, so a gain that holds only under the training simulator shows as such."""
+    from llm_auction.models.user_sim import make_user_simulator
+    from llm_auction.models.user_sim.embedding import HELD_OUT_JUDGE
+
+    from .reward import Reward, oracle_pctr
+
+    return Reward(oracle_pctr(make_user_simulator("embedding", seed=settings.seed, encoder=encoder, config=HELD_OUT_JUDGE)), JUDGE)
+
+
+def rescore(samples: pd.DataFrame, queries: dict[str, QueryEvent], pctr: PctrFn, lam: float = 1.0) -> pd.DataFrame:
+    """The same answers (``samples``' texts, in order) scored by Eq. 8 under another click function."""
+    order = list(dict.fromkeys(samples["query_id"]))
+    texts = [samples.loc[samples["query_id"] == q].sort_values("sample")["text"].tolist() for q in order]
+    return score_samples([queries[q] for q in order], texts, pctr, lam)
 
 
 def evaluate_policy(backend, queries: Sequence[QueryEvent], policy_version: str, pctr: PctrFn, m: int = 1, lam: float = 1.0) -> pd.DataFrame:
@@ -94,4 +122,4 @@ def paired_difference(after: pd.DataFrame, before: pd.DataFrame) -> dict[str, An
     return out
 
 
-__all__ = ["evaluate_policy", "evaluate_versions", "evaluation_summary", "expected_revenue", "paired_difference"]
+__all__ = ["JUDGE", "evaluate_policy", "evaluate_versions", "held_out_judge", "rescore", "evaluation_summary", "expected_revenue", "paired_difference"]

@@ -15,7 +15,7 @@ import pytest
 from llm_auction.auction import allocate, reward
 from llm_auction.models.user_sim import UserSimulator, click_event_id, make_user_simulator
 from llm_auction.models.user_sim import examples as ex
-from llm_auction.models.user_sim.embedding import ClickModelConfig, EmbeddingUserSimulator
+from llm_auction.models.user_sim.embedding import HELD_OUT_JUDGE, ClickModelConfig, EmbeddingUserSimulator
 from llm_auction.schemas import CandidateAd, QueryEvent, ResponseEvent, UserProfile
 from llm_auction.schemas.catalog import load_catalog
 
@@ -30,9 +30,11 @@ def encoder(text_encoder):
     return text_encoder
 
 
-@pytest.fixture(scope="module")
-def sim(encoder):
-    return EmbeddingUserSimulator(encoder, ClickModelConfig(), seed=11)
+@pytest.fixture(scope="module", params=["training", "judge"])
+def sim(encoder, request):
+    """Every paper example and calibration check runs under the training click model and under
+    the held-out judge (HELD_OUT_JUDGE): both are valid click models, with different weights."""
+    return EmbeddingUserSimulator(encoder, ClickModelConfig() if request.param == "training" else HELD_OUT_JUDGE, seed=11)
 
 
 def make_query(query: str, profile: UserProfile, qid: str = "q-1") -> QueryEvent:
@@ -217,9 +219,9 @@ def test_clicks_are_deterministic_per_response_regardless_of_batch_order(sim, en
     a = sim.clicks_batch(rs)
     b = sim.clicks_batch(rs[::-1])[::-1]
     assert [[(c.event_id, c.clicked) for c in cs] for cs in a] == [[(c.event_id, c.clicked) for c in cs] for cs in b]
-    same_seed = EmbeddingUserSimulator(encoder, seed=11).clicks_batch(rs)
+    same_seed = EmbeddingUserSimulator(encoder, sim.config, seed=11).clicks_batch(rs)
     assert [[c.clicked for c in cs] for cs in same_seed] == [[c.clicked for c in cs] for cs in a]
-    other_seed = EmbeddingUserSimulator(encoder, seed=12).clicks_batch(rs)
+    other_seed = EmbeddingUserSimulator(encoder, sim.config, seed=12).clicks_batch(rs)
     assert [[c.clicked for c in cs] for cs in other_seed] != [[c.clicked for c in cs] for cs in a]
 
 
@@ -299,3 +301,13 @@ def test_world_queries_click_interest_ads_far_more_than_others(sim):
     assert 0.1 <= float(np.mean(rel)) <= 0.4, np.mean(rel)
     assert float(np.mean(irr)) < 0.05, np.mean(irr)
     assert float(np.mean(rel)) > 4 * float(np.mean(irr))
+
+
+def test_the_held_out_judge_is_another_click_model(encoder):
+    """Same criteria, other weights: the judge's probabilities differ from the training model's."""
+    train = EmbeddingUserSimulator(encoder, ClickModelConfig(), seed=11)
+    judge = EmbeddingUserSimulator(encoder, HELD_OUT_JUDGE, seed=11)
+    r = make_response(ex.TABLE5_QUERY, ex.ELDER_PROFILE, ex.TABLE5_AUCTION_GINSENG)
+    pt, pj = train.click_probabilities(r), judge.click_probabilities(r)
+    assert pt.keys() == pj.keys() and any(abs(pt[a] - pj[a]) > 0.01 for a in pt)
+    assert HELD_OUT_JUDGE != ClickModelConfig()

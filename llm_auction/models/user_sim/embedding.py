@@ -79,6 +79,17 @@ class ClickModelConfig:
     max_click_probability: float = 0.7  # p = max * sigmoid(z): even a perfect ad is not always clicked
 
 
+# A second click model for judging, fixed before any policy was trained against the default one:
+# the same criteria (relevance, context, placement, competition, flooding), other weights and a
+# narrower context window, so a policy that exploits the training simulator's exact weights does
+# not score the same under it (docs/user-simulator.md, "The held-out judge"). It passes the same
+# paper examples and calibration tests as the default (tests/integration/test_user_sim_embedding.py).
+HELD_OUT_JUDGE = ClickModelConfig(
+    intercept=-4.7, w_relevance=11.0, profile_share=0.4, w_context=4.5, w_appended=1.6, w_competition=0.7, competition_cosine=0.55,
+    w_extra_ad=0.4, w_format_error=1.5, w_leak=2.5, window_chars=100, max_click_probability=0.6,
+)
+
+
 @dataclass(frozen=True)
 class Scene:
     """What the user sees: a question, who they are, the answer, and the ads exposed in it."""
