@@ -62,23 +62,26 @@ def add_config_arguments(p: argparse.ArgumentParser, cls: type, shown_defaults: 
         help_text = f.metadata.get("help")
         if not help_text:
             raise TypeError(f"{cls.__name__}.{f.name} has no metadata['help'] to generate its flag from")
-        typ = hints[f.name]
-        args = typing.get_args(typ)
-        if type(None) in args:  # Optional[T]: the flag takes a T; leaving it out keeps the default (None)
-            typ = next(a for a in args if a is not type(None))
-            args = typing.get_args(typ)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{help_text} (default: {shown.get(f.name, default)})".replace("%", "%%")}
-        if typing.get_origin(typ) is Literal:
-            kw.update(choices=args, type=type(args[0]))
-        elif typ is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(typ) is list:
-            kw.update(nargs="+", type=args[0])
-        else:
-            kw["type"] = typ
+        kw = _typed(hints[f.name]) | {"dest": f.name, "default": argparse.SUPPRESS,
+                                      "help": f"{help_text} (default: {shown.get(f.name, default)})".replace("%", "%%")}
         group.add_argument(f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()), **kw)
+
+
+def _typed(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a value of type ``annotation``: ``Optional[T]`` takes a T (left out,
+    the default stays), ``Literal`` gives choices, ``bool`` a ``--x/--no-x`` pair, ``list[T]`` one or more."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        annotation = next(a for a in args if a is not type(None))
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return {"choices": args, "type": type(args[0])}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is list:
+        return {"nargs": "+", "type": args[0]}
+    return {"type": annotation}
 
 
 def config_from_args(args: argparse.Namespace, cls: type, preset: Callable[..., Any] | None = None, **fallbacks: Any) -> Any:
@@ -97,15 +100,8 @@ def add_setting_arguments(p: argparse.ArgumentParser, flags: Mapping[str, str]) 
 
     for flag, name in flags.items():
         f = Settings.model_fields[name]
-        typ, args = f.annotation, typing.get_args(f.annotation)
-        if type(None) in args:
-            typ = next(a for a in args if a is not type(None))
-        kw: dict[str, Any] = {"dest": name, "default": None, "metavar": flag.lstrip("-").upper().replace("-", "_"),
-                              "help": f"{f.description} (default: LLMA_{name.upper()})".replace("%", "%%")}
-        if typing.get_origin(typ) is Literal:
-            kw["choices"] = typing.get_args(typ)
-        else:
-            kw["type"] = typ
+        kw = _typed(f.annotation) | {"dest": name, "default": None, "metavar": flag.lstrip("-").upper().replace("-", "_"),
+                                     "help": f"{f.description} (default: LLMA_{name.upper()})".replace("%", "%%")}
         p.add_argument(flag, **kw)
 
 

@@ -14,6 +14,7 @@ by the queries of one batch (a batch is one call).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +65,15 @@ def first_price(allocation: Allocation, query: QueryEvent) -> dict[str, float]:
     return {ad: float(bids[ad]) for ad in allocation.exposed}
 
 
+def generate_timed(backend, queries: Sequence[QueryEvent], version: str, n: int) -> tuple[list[list[str]], float]:
+    """``n`` answers per query in one ``generate`` call (checked), and the call's seconds per query."""
+    t0 = time.perf_counter()
+    answers = backend.generate(list(queries), version, n=n)
+    if len(answers) != len(queries) or any(len(a) != n for a in answers):
+        raise RuntimeError(f"backend returned {[len(a) for a in answers]} answers for {len(queries)} queries x {n}")
+    return answers, (time.perf_counter() - t0) / max(1, len(queries))
+
+
 def token_counter(backend) -> TokenCounter:
     """Tokens of a text by the backend's tokenizer (``backend.tokenizer``: the transformers and the
     vLLM backends have one); without it, a clear error, never a guess."""
@@ -73,4 +83,4 @@ def token_counter(backend) -> TokenCounter:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-__all__ = ["Cost", "Mechanism", "Outcome", "ScoreFn", "TokenCounter", "first_price", "token_counter"]
+__all__ = ["Cost", "Mechanism", "Outcome", "ScoreFn", "TokenCounter", "first_price", "generate_timed", "token_counter"]

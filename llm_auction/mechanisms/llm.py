@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Sequence
 from typing import Literal
 
 from llm_auction.auction import allocate, reward
 from llm_auction.schemas import QueryEvent
 
-from .base import Cost, Outcome, ScoreFn, TokenCounter, first_price, token_counter
-
-
-def _generate(backend, queries: Sequence[QueryEvent], version: str, n: int) -> tuple[list[list[str]], float]:
-    """``n`` answers per query in one call, and the call's seconds per query."""
-    t0 = time.perf_counter()
-    answers = backend.generate(list(queries), version, n=n)
-    if len(answers) != len(queries) or any(len(a) != n for a in answers):
-        raise RuntimeError(f"backend returned {[len(a) for a in answers]} answers for {len(queries)} queries x {n}")
-    return answers, (time.perf_counter() - t0) / max(1, len(queries))
+from .base import Cost, Outcome, ScoreFn, TokenCounter, first_price, generate_timed, token_counter
 
 
 class PolicySample:
@@ -42,7 +32,7 @@ class PolicySample:
         self.count_tokens = count_tokens or token_counter(backend)
 
     def run(self, queries: Sequence[QueryEvent]) -> list[Outcome]:
-        answers, seconds = _generate(self.backend, queries, self.version, 1)
+        answers, seconds = generate_timed(self.backend, queries, self.version, 1)
         out = []
         for q, (text,) in zip(queries, answers):
             alloc = allocate(text, q.candidates)
@@ -77,7 +67,7 @@ class BestOfN:
         return self.rng.choices(range(len(rewards)), weights=weights)[0]
 
     def run(self, queries: Sequence[QueryEvent]) -> list[Outcome]:
-        answers, seconds = _generate(self.backend, queries, self.version, self.n)
+        answers, seconds = generate_timed(self.backend, queries, self.version, self.n)
         allocs = [[allocate(t, q.candidates) for t in texts] for q, texts in zip(queries, answers)]
         items = [(q, t, a.exposed) for q, texts, al in zip(queries, answers, allocs) for t, a in zip(texts, al)]
         pctrs = iter(self.score(items))

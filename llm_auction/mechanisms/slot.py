@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from llm_auction.auction import allocate
 from llm_auction.schemas import Candidates, QueryEvent
 
-from .base import Cost, Outcome, ScoreFn, TokenCounter, token_counter
+from .base import Cost, Outcome, ScoreFn, TokenCounter, generate_timed, token_counter
 
 PreCtr = Callable[[Sequence[QueryEvent]], list[dict[str, float]]]  # queries -> {ad id: pCTR} over each query's candidates
 
@@ -63,13 +63,9 @@ class SlotAuction:
         self.count_tokens = count_tokens or token_counter(backend)
 
     def run(self, queries: Sequence[QueryEvent]) -> list[Outcome]:
-        import time
-
         ranked = [rank(q, c) for q, c in zip(queries, self.ctr(queries))]
         winners = [q.model_copy(update={"candidates": Candidates.of([c for c in q.candidates if c.ad_id == r[0][0]])}) for q, r in zip(queries, ranked)]
-        t0 = time.perf_counter()
-        answers = self.backend.generate(winners, self.version, n=1)
-        seconds = (time.perf_counter() - t0) / max(1, len(queries))
+        answers, seconds = generate_timed(self.backend, winners, self.version, 1)
         out = []
         for q, w, r, (text,) in zip(queries, winners, ranked, answers):
             ad = w.candidates[0]

@@ -19,8 +19,10 @@ the caller does, through ``producers.versions.announce``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,6 @@ def run_configured_epoch(
     ``model``, loads ``parent`` and closes it once the answers are sampled, so DPO has the cores;
     a given ``backend`` (the loop's serving engine) must already serve ``parent`` and stays open.
     """
-    from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import open_backend
     from llm_auction.models.retrieval import candidate_picker
 
     reward = reward or open_reward(cfg.reward, settings=settings, encoder=encoder, registry_root=registry.root, pctr_version=pctr_version)
@@ -95,15 +95,26 @@ def run_configured_epoch(
                  pick=candidate_picker(cfg.candidates_k, encoder), data_window_extra=data_window_extra)
     if backend is not None:
         return run_epoch(cfg, backend=backend, **parts)
+    with open_sampler(cfg, settings, model, registry, [parent] if parent else [], merge_lora) as sampler:
+        return run_epoch(cfg, backend=sampler, close_backend=True, **parts)
+
+
+@contextlib.contextmanager
+def open_sampler(cfg: IRPOConfig, settings, model, registry: ModelRegistry, versions, merge_lora: bool | None = None) -> Iterator:
+    """The serving backend of ``cfg.backend`` sampling with ``cfg``'s settings, serving the base as
+    ``base`` and each of ``versions`` (:func:`load_version`); closed on exit (and its scratch folder removed)."""
+    from llm_auction.models.adllm import SamplingConfig
+    from llm_auction.models.backends import open_backend
+
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.sample_seed)
     backend = open_backend(settings, backend=cfg.backend, model=model, sampling=sampling, batch_size=cfg.sample_batch_size, base_version=BASE_VERSION)
     try:
         with tempfile.TemporaryDirectory(prefix="llma-merged-") as scratch:
-            if parent:
-                load_version(backend, parent, registry, model, merge_lora, Path(scratch))
-            return run_epoch(cfg, backend=backend, close_backend=True, **parts)
+            for v in versions:
+                if v != BASE_VERSION:
+                    load_version(backend, v, registry, model, merge_lora, Path(scratch))
+            yield backend
     finally:
         backend.close()
 
-
-__all__ = ["generation", "load_version", "next_queries", "run_configured_epoch"]
+__all__ = ["generation", "load_version", "next_queries", "open_sampler", "run_configured_epoch"]

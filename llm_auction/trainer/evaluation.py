@@ -28,29 +28,16 @@ def evaluate_versions(cfg, versions: Sequence[str], *, world, model, registry, e
     ``cfg.reward``; per version the :func:`evaluation_summary`, and with two versions the
     :func:`paired_difference` of the first against the second (same queries and bids); the same
     answers rescored under the held-out judge (:func:`held_out_judge`) beside them."""
-    import tempfile
-    from pathlib import Path
-
-    from llm_auction.models.adllm import SamplingConfig
-    from llm_auction.models.backends import open_backend
     from llm_auction.models.retrieval import candidate_picker
 
     from . import irpo
-    from .epoch_setup import load_version
+    from .epoch_setup import open_sampler
     from .reward import open_reward
 
     reward = open_reward(cfg.reward, settings=settings, encoder=encoder, registry_root=registry.root, pctr_version=pctr_version)
     queries = irpo.narrow(irpo.build_offline_set(world, cfg, irpo.epoch_bid_seed(cfg, "evaluate")), candidate_picker(cfg.candidates_k, encoder))
-    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.sample_seed)
-    backend = open_backend(settings, backend=cfg.backend, model=model, sampling=sampling, batch_size=cfg.sample_batch_size, base_version=irpo.BASE_VERSION)
-    try:
-        with tempfile.TemporaryDirectory(prefix="llma-merged-") as scratch:
-            for v in versions:
-                if v != irpo.BASE_VERSION:
-                    load_version(backend, v, registry, model, merge_lora, Path(scratch))
-            frames = {v: evaluate_policy(backend, queries, v, reward.score, m=samples, lam=cfg.lam) for v in versions}
-    finally:
-        backend.close()
+    with open_sampler(cfg, settings, model, registry, versions, merge_lora) as backend:
+        frames = {v: evaluate_policy(backend, queries, v, reward.score, m=samples, lam=cfg.lam) for v in versions}
     judge = held_out_judge(settings, encoder)
     by_id = {q.query_id: q for q in queries}
     judged = {v: rescore(f, by_id, judge.score, cfg.lam) for v, f in frames.items()}
@@ -80,9 +67,8 @@ def held_out_judge(settings, encoder):
 
 def rescore(samples: pd.DataFrame, queries: dict[str, QueryEvent], pctr: PctrFn, lam: float = 1.0) -> pd.DataFrame:
     """The same answers (``samples``' texts, in order) scored by Eq. 8 under another click function."""
-    order = list(dict.fromkeys(samples["query_id"]))
-    texts = [samples.loc[samples["query_id"] == q].sort_values("sample")["text"].tolist() for q in order]
-    return score_samples([queries[q] for q in order], texts, pctr, lam)
+    texts = samples.sort_values("sample", kind="stable").groupby("query_id", sort=False)["text"].agg(list)
+    return score_samples([queries[q] for q in texts.index], texts.tolist(), pctr, lam)
 
 
 def evaluate_policy(backend, queries: Sequence[QueryEvent], policy_version: str, pctr: PctrFn, m: int = 1, lam: float = 1.0) -> pd.DataFrame:

@@ -14,10 +14,11 @@ what it is (a pCTR version, or ``"oracle"``), which the policy version's manifes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from llm_auction.mechanisms.base import ScoreFn
 from llm_auction.schemas import QueryEvent
 
 from .registry import ModelRegistry
@@ -26,8 +27,7 @@ RewardMode = Literal["pctr", "oracle", "auto"]
 REWARD_MODES: tuple[str, ...] = ("pctr", "oracle", "auto")
 ORACLE = "oracle"
 
-# (query, answer text, exposed ad ids) per answer -> {ad id: click probability} per answer
-PctrFn = Callable[[Sequence[tuple[QueryEvent, str, Sequence[str]]]], list[dict[str, float]]]
+PctrFn = ScoreFn  # (query, answer text, exposed ad ids) per answer -> {ad id: click probability} per answer
 
 
 class NoRewardModel(ValueError):
