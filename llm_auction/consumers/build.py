@@ -16,6 +16,8 @@ from llm_auction.schemas.settings import Settings
 from llm_auction.schemas.topics import CLICKS, QUERIES, RESPONSES
 
 from llm_auction.infra.kafka import make_consumer
+from llm_auction.mechanisms import Arms
+from llm_auction.mechanisms.base import ScoreFn
 
 from .user_sim import UserSimHandler
 from .local_loop import LocalLoop
@@ -43,11 +45,17 @@ def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, pr
     return StreamService(cfg, handler, consumer, producer, stop)
 
 
-def responder_service(settings: Settings, bootstrap: str, producer, backend, pick=None, stop: threading.Event | None = None, policy: PolicyRouter | None = None, control=None) -> StreamService:
+def responder_service(settings: Settings, bootstrap: str, producer, backend, pick=None, stop: threading.Event | None = None, policy: PolicyRouter | None = None, control=None,
+                      score: ScoreFn | None = None) -> StreamService:
     """The responder; ``control`` (a :class:`~llm_auction.consumers.control.ControlFollower`) makes it
-    follow the policy-version and rollout topics, else it serves ``policy`` (default: LLMA_POLICY_VERSION)."""
+    follow the policy-version and rollout topics, else it serves ``policy`` (default: LLMA_POLICY_VERSION).
+    ``score`` is the served pCTR that mechanism arms (``mosaic``, ``slot``) select and rank with;
+    without it a rollout to such an arm is refused (the routing stays)."""
     router = control.router if control is not None else (policy or PolicyRouter(settings.policy_version))
-    handler = ResponderHandler(backend, load_catalog(), router, pick, control)
+    arms = Arms(backend, score=score, base_version=settings.policy_version, seed=settings.seed)
+    if control is not None:
+        control.arm_problem = arms.problem  # a rollout to an arm this responder cannot build is refused, not crashed on
+    handler = ResponderHandler(backend, load_catalog(), router, pick, control, arms=arms)
     cfg = ServiceConfig("responder", "llma-responder", {QUERIES: QueryEvent}, batch_size=settings.adllm_batch_size, batch_max_wait_s=0.2)
     return _service(settings, bootstrap, cfg, handler, producer, stop)
 
@@ -73,12 +81,14 @@ def sink_service(settings: Settings, bootstrap: str, producer, client, stop: thr
     return _service(settings, bootstrap, cfg, SinkHandler(client), producer, stop)
 
 
-def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator, client, pick=None, control: ControlFollower | None = None) -> LocalLoop:
+def local_loop(settings: Settings, bootstrap: str, producer, backend, simulator, client, pick=None, control: ControlFollower | None = None,
+               score: ScoreFn | None = None) -> LocalLoop:
     """Responder, user simulator and sink for one process, sharing one stop event; ``control``
-    (a started :func:`responder_control`) makes the responder follow the control topics."""
+    (a started :func:`responder_control`) makes the responder follow the control topics; ``score``
+    as in :func:`responder_service`."""
     stop = threading.Event()
     return LocalLoop(
-        responder_service(settings, bootstrap, producer, backend, pick, stop, control=control),
+        responder_service(settings, bootstrap, producer, backend, pick, stop, control=control, score=score),
         user_sim_service(settings, bootstrap, producer, simulator, stop),
         sink_service(settings, bootstrap, producer, client, stop),
         stop,

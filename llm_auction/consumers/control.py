@@ -21,7 +21,9 @@ Rollouts. The latest rollout event is the desired routing. It applies as soon as
 routes to (the stable one, and the candidate when its share is positive) is loaded. Until then
 the responder keeps the routing it has and the rollout **waits** (logged once): on a fresh start
 the rollout topic may be read before the version it names, and the version arrives moments
-later. A rollout that routes to a version that was refused is **refused** (logged, not
+later. An arm that is a mechanism (``mosaic:20``, ``policy:<v>``) needs the versions it samples
+(``llm_auction.mechanisms.arm_versions``); one that cannot be built (``mosaic`` without a served
+pCTR) refuses the rollout. A rollout that routes to a version that was refused is **refused** (logged, not
 dead-lettered: the event itself is sound) and the current routing stays; a later rollout
 replaces it either way.
 """
@@ -31,11 +33,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from llm_auction.infra.artifacts import ArtifactMismatch, verify_folder
 from llm_auction.infra.follow import TopicFollower
 from llm_auction.logs import log_event
+from llm_auction.mechanisms import arm_versions
 from llm_auction.schemas import DeadLetter, PolicyVersion, RolloutEvent, SchemaError, decode, encode
 from llm_auction.schemas.topics import DEAD_LETTER, POLICY_VERSIONS, ROLLOUT
 
@@ -53,6 +57,8 @@ class ControlFollower:
         name: str = "responder", poll_timeout_ms: int = 200,
     ):
         self.backend, self.router, self.producer = backend, router, producer
+        self.base_version = getattr(settings, "policy_version", "base")  # the name the base model serves under (models.backends.open_backend)
+        self.arm_problem: Callable[[str], str | None] = lambda arm: None  # the responder's Arms.problem (consumers.build)
         self.topics = {policy_topic: PolicyVersion, rollout_topic: RolloutEvent}
         self.dead_letter_topic, self.name = dead_letter_topic, name
         self.loaded: dict[str, str | None] = {v: None for v in {router.stable, *getattr(backend, "versions", ())}}
@@ -156,7 +162,14 @@ class ControlFollower:
         want: Routing = PolicyRouter.routing_of(event)
         if want == self.router.state:
             return
-        missing = sorted(v for v in want.serving() if v not in self.loaded)
+        needed = set().union(*(arm_versions(a, self.base_version) for a in want.serving()))  # a mechanism arm needs its versions
+        missing = sorted(v for v in needed if v not in self.loaded)
+        unservable = {a: why for a in want.serving() if (why := self.arm_problem(a))}
+        if unservable:
+            if self._waiting_logged != f"{event.event_id}/unservable":
+                self._waiting_logged = f"{event.event_id}/unservable"
+                log_event(log, "rollout refused: an arm cannot be served; the current routing stays", logging.WARNING, service=self.name, event_id=event.event_id, arms=unservable)
+            return
         if not missing:
             self.router.state = want
             log_event(log, "routing changed", service=self.name, stable=want.stable, candidate=want.candidate, share=want.share, state=event.state, event_id=event.event_id)

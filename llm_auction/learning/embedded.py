@@ -60,9 +60,10 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def pipeline(s, backend, step: Step) -> Iterator[Pipeline]:
+def pipeline(s, backend, step: Step, score=None) -> Iterator[Pipeline]:
     """Broker, warehouse (migrated), producer, and the three services on threads, the responder
-    following the control topics; everything is stopped on exit (the backend is the caller's)."""
+    following the control topics; everything is stopped on exit (the backend is the caller's).
+    ``score``: the pCTR the responder's mechanism arms (``mosaic``, ``slot``) use."""
     from llm_auction.models.encoder import load_encoder
     from llm_auction.consumers import build
     from llm_auction.infra.broker import broker_for
@@ -82,7 +83,7 @@ def pipeline(s, backend, step: Step) -> Iterator[Pipeline]:
         step("ClickHouse is up and migrated", url=url.split("@")[-1])
         producer = make_producer(s, bootstrap)
         control = build.responder_control(s, bootstrap, backend, producer).start()
-        loop = build.local_loop(s, bootstrap, producer, backend, simulator, client, build.candidate_picker(s, encoder), control=control).start()
+        loop = build.local_loop(s, bootstrap, producer, backend, simulator, client, build.candidate_picker(s, encoder), control=control, score=score).start()
         try:
             yield Pipeline(s, bootstrap, client, producer, loop, control, encoder, simulator, backend)
         finally:

@@ -14,12 +14,13 @@ the paper are others:
 Below the services: a responder serves one, the evaluation and the loop compose them. They reach
 the model only through the ``AdLLM`` protocol and the reward only through a pCTR function, so
 this package imports neither models nor the trainer. :func:`.factory.make_mechanism` builds one
-from its name.
+from its name; :class:`.arms.Arms` tells a responder which arm names are mechanisms.
 """
 
+from .arms import Arms, arm_versions, is_mechanism
 from .base import Cost, Mechanism, Outcome
 from .factory import make_mechanism, mechanism_names
 from .llm import BestOfN, PolicySample
 from .slot import SlotAuction, gsp_price
 
-__all__ = ["BestOfN", "Cost", "Mechanism", "Outcome", "PolicySample", "SlotAuction", "gsp_price", "make_mechanism", "mechanism_names"]
+__all__ = ["Arms", "BestOfN", "Cost", "Mechanism", "Outcome", "PolicySample", "SlotAuction", "arm_versions", "gsp_price", "is_mechanism", "make_mechanism", "mechanism_names"]

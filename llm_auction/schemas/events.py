@@ -22,8 +22,10 @@ __all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "
 # 2: responses carry their exposed ads, not the whole query; 3: catalog ads travel as [ad_id, bid];
 # 4: a query of catalog ads carries its candidates as two columns (schemas/candidates.py), and a
 #    response its shown ad ids as one string (schemas/ads.py AdIdList);
-# 5: a rollout event states the routing it decides (stable, candidate, share, state) and its evidence.
-SCHEMA_VERSION = 5
+# 5: a rollout event states the routing it decides (stable, candidate, share, state) and its evidence;
+# 6: a response carries its mechanism's cost (generations, generated tokens, seconds) and per-click
+#    prices, a click its price (absent on older events: first price, the bid).
+SCHEMA_VERSION = 6
 
 
 def _now() -> datetime:
@@ -94,6 +96,14 @@ class ResponseEvent(Event):
     user-simulator and sink hops (docs/benchmarks.md, wire format). ``shown_ad_ids``
     records which candidates the Ad-LLM was offered. Build one from the query it answers with
     :meth:`for_query`.
+
+    ``policy_version`` names the arm that answered: a policy version, or a mechanism
+    (``mosaic:20``, ``slot``: ``llm_auction.mechanisms``). What the answer cost is counted, not
+    estimated: ``generations`` (answers the model wrote for this query: 1 for a policy, N for
+    best-of-N), ``generated_tokens`` (theirs, by the model's tokenizer; 0 when unknown) and
+    ``generation_s`` (this query's share of its batch's generation seconds; ``latency_ms`` is the
+    whole batch's). ``prices`` is the per-click price of each exposed ad, in exposure order; empty
+    means first price (Eq. 7: the bid), the rule of every LLM-native mechanism.
     """
 
     query_id: NonEmpty
@@ -107,11 +117,17 @@ class ResponseEvent(Event):
     format_reasons: list[str] = Field(default_factory=list)
     shown_ad_ids: AdIdList = Field(default_factory=list)
     latency_ms: float = Field(ge=0.0, default=0.0)
+    generations: int = Field(ge=0, default=1)
+    generated_tokens: int = Field(ge=0, default=0)
+    generation_s: float = Field(ge=0.0, default=0.0)
+    prices: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResponseEvent":
         if self.n_ads != len(self.exposed_ads):
             raise ValueError("n_ads: must equal the number of exposed_ad_ids")
+        if self.prices and len(self.prices) != self.n_ads:
+            raise ValueError("prices: one per exposed ad, or none (first price)")
         return self
 
     @classmethod
@@ -139,12 +155,19 @@ class ResponseEvent(Event):
         """Bids of the exposed ads (the only ones that can earn: Eq. 7 and 8)."""
         return {a.ad_id: a.bid for a in self.exposed_ads}
 
+    def price_map(self) -> dict[str, float]:
+        """Per-click price of each exposed ad: ``prices`` when given, else the bid (first price)."""
+        if not self.prices:
+            return {a.ad_id: float(a.bid) for a in self.exposed_ads}
+        return {a.ad_id: p for a, p in zip(self.exposed_ads, self.prices)}
+
 
 class ClickEvent(Event):
     """The user's decision on one exposed ad (one event per exposed ad, clicked or not).
 
     ``bid`` is copied from the query so that first-price revenue (Eq. 7) can be summed from
-    the clicks table alone.
+    the clicks table alone; ``price`` is what a click pays when the mechanism does not charge the
+    bid (the slot auction's second price); absent, the click pays ``bid``.
     """
 
     query_id: NonEmpty
@@ -155,6 +178,12 @@ class ClickEvent(Event):
     user_id: NonEmpty
     bid: Bid
     click_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    price: float | None = Field(default=None, ge=0.0)
+
+    @property
+    def charge(self) -> float:
+        """What this click pays per click: ``price``, else the bid."""
+        return float(self.bid) if self.price is None else self.price
 
 
 class PolicyVersion(Event):

@@ -80,3 +80,21 @@ def test_a_bad_control_event_is_dead_lettered(tmp_path):
     f._read(Rec(ROLLOUT, 0, 3, b"k", b'{"state": "canary"}'))
     ((_, dl),) = f.producer.sent
     assert dl.offset == 3 and "stable_version" in dl.error
+
+
+def test_a_mechanism_arm_routes_once_its_versions_are_loaded_or_is_refused_when_unservable(tmp_path):
+    f, v = follower(), publish(tmp_path)
+    feed(f, ROLLOUT, RolloutEvent(stable_version="base", candidate_version="mosaic:20", candidate_share=0.5, state="canary"))
+    f.apply_pending()
+    assert f.router.state == Routing("base", "mosaic:20", 0.5, "mosaic:20")  # samples the base model, which is loaded
+    f.arm_problem = lambda arm: "needs a pCTR function" if arm.startswith("mosaic") else None
+    feed(f, ROLLOUT, RolloutEvent(stable_version="base", candidate_version="mosaic:4", candidate_share=0.2, state="canary"), 1)
+    f.apply_pending()
+    assert f.router.state.candidate == "mosaic:20"  # refused: the routing stays
+    arm = f"policy:{v.version}"
+    feed(f, ROLLOUT, RolloutEvent(stable_version="base", candidate_version=arm, candidate_share=0.3, state="canary"), 2)
+    f.apply_pending()
+    assert f.router.state.candidate == "mosaic:20"  # waits for the version the arm samples
+    feed(f, POLICY_VERSIONS, v, 3)
+    f.apply_pending()
+    assert f.router.state == Routing("base", arm, 0.3, arm)

@@ -13,12 +13,12 @@ from llm_auction.schemas.catalog import load_catalog
 Rec = namedtuple("Rec", "topic partition offset key value")
 
 
-def query(qid="q1", **over):
+def query(qid="q1", user="u1", **over):
     cands = over.pop("candidates", None) or [
         CandidateAd(ad_id="Ad-2489", title="Progesterone Tea", category="herbal tea", bid=100),
         CandidateAd(ad_id="Ad-3356", title="American Ginseng Tea", category="herbal tea", bid=41),
     ]
-    return QueryEvent(query_id=qid, user=UserProfile(user_id="u1", info="x", interests=["tea"]), query="tea?", candidates=cands, **over)
+    return QueryEvent(query_id=qid, user=UserProfile(user_id=user, info="x", interests=["tea"]), query="tea?", candidates=cands, **over)
 
 
 def backend(*versions):
@@ -110,3 +110,47 @@ def test_each_query_is_answered_by_the_version_its_user_is_routed_to():
     want = ["v2" if bucket("s", f"u{i}") < 5000 else "v1" for i in range(40)]
     assert asked == [want] and [o.event.policy_version for o in out.outputs] == want and {"v1", "v2"} == set(want)
     assert len({o.event.event_id for o in out.outputs}) == 40
+
+
+def _score(pctr):
+    """A pCTR function giving each ad a fixed probability, whatever the answer."""
+    return lambda items: [{ad: pctr[ad] for ad in ads} for _, _, ads in items]
+
+
+def test_a_mechanism_arm_answers_with_its_prices_and_cost():
+    from llm_auction.mechanisms import Arms
+
+    b = backend("v7")
+    # bid x pCTR: Ad-2489 100 x 0.1 = 10 beats Ad-3356 41 x 0.2 = 8.2; GSP: 41 x 0.2 / 0.1 = 82 per click
+    arms = Arms(b, score=_score({"Ad-2489": 0.1, "Ad-3356": 0.2}), base_version="v7")
+    h = ResponderHandler(b, load_catalog(), PolicyRouter("slot"), arms=arms)
+    (o,) = h.handle([Item(Rec("auction.queries", 0, 0, b"k", b""), query())]).outputs
+    r = o.event
+    assert r.policy_version == "slot" and r.exposed_ad_ids == ["Ad-2489"]
+    assert r.prices == [82.0] and r.price_map() == {"Ad-2489": 82.0}
+    assert r.generations == 1 and r.generated_tokens == 0  # the stored backend has no tokenizer: 0 is "unknown"
+
+
+def test_plain_and_mechanism_arms_share_a_batch_each_with_its_own_cost():
+    from llm_auction.mechanisms import Arms
+
+    b = backend("v7")
+    arms = Arms(b, score=_score({"Ad-2489": 0.1, "Ad-3356": 0.2}), base_version="v7")
+    router = PolicyRouter("v7", candidate="mosaic:3", share=0.5, salt="s")
+    h = ResponderHandler(b, load_catalog(), router, arms=arms)
+    users = [f"u{i}" for i in range(12)]
+    qs = [query(f"q{i}", user=u) for i, u in enumerate(users)]
+    out = {o.event.query_id: o.event for o in h.handle([Item(Rec("auction.queries", 0, i, b"k", b""), q) for i, q in enumerate(qs)]).outputs}
+    want = {q.query_id: router.version_for(q.user.user_id) for q in qs}
+    assert {r.policy_version for r in out.values()} == {"v7", "mosaic:3"}  # the salt splits these twelve users
+    for qid, r in out.items():
+        assert r.policy_version == want[qid]
+        assert r.generations == (3 if want[qid] == "mosaic:3" else 1)
+        assert r.prices == []  # first price travels as no prices
+
+
+def test_a_rollout_to_a_mechanism_without_a_served_pctr_is_refused():
+    from llm_auction.mechanisms import Arms
+
+    arms = Arms(backend("v7"), base_version="v7")
+    assert "needs a pCTR function" in arms.problem("mosaic:20") and arms.problem("pretrained") is None and arms.problem("v9") is None

@@ -49,6 +49,7 @@ def click_event_id(response_event_id: str, ad_id: str) -> str:
 def build_click_events(response: ResponseEvent, decisions: Mapping[str, Decision]) -> list[ClickEvent]:
     """One ClickEvent per exposed ad, in exposure order; an ad without a decision is not clicked."""
     bids = response.bids()
+    prices = dict(zip(response.exposed_ad_ids, response.prices))  # empty: first price, the click carries no price
     events = []
     for ad_id in response.exposed_ad_ids:
         d = decisions.get(ad_id) or Decision(False, "no decision for this ad")
@@ -63,6 +64,7 @@ def build_click_events(response: ResponseEvent, decisions: Mapping[str, Decision
                 policy_version=response.policy_version,
                 user_id=response.user.user_id,
                 bid=bids[ad_id],
+                price=prices.get(ad_id),
                 click_probability=None if d.probability is None else min(1.0, max(0.0, float(d.probability))),
             )
         )
