@@ -6,8 +6,10 @@ which is what keeps ClickHouse fast (row-at-a-time inserts bloat parts; insert r
 docs/benchmarks.md#warehouse). Inserting the same events again is harmless: the tables deduplicate by event id and
 every read below counts deduplicated rows (see :mod:`llm_auction.infra.ddl`).
 
-Reads select from the views of migration 0003 with bound parameters only (``parameters=``);
-no SQL is ever built from event data.
+Reads select from the views (migrations 0003, 0004, 0008) or the per-answer query
+(:func:`answer_rows`, summarized by :func:`policy_metrics` and :func:`arm_metrics`), with bound
+parameters only (``parameters=``); no SQL is ever built from event data. Revenue everywhere is
+what the clicks paid: a click's ``price`` when its mechanism set one, else its bid (first price).
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ RESPONSES_SCHEMA = pa.schema(
         ("format_reasons", _STRS),
         ("shown_ad_ids", _STRS),
         ("latency_ms", pa.float64()),
+        # migration 0008 (appended, as ALTER ADD COLUMN does; inserts name their columns anyway)
+        ("generations", pa.uint16()),
+        ("generated_tokens", pa.uint32()),
+        ("generation_s", pa.float64()),
+        ("prices", pa.list_(pa.float64())),
     ]
 )
 CLICKS_SCHEMA = pa.schema(
@@ -82,6 +89,7 @@ CLICKS_SCHEMA = pa.schema(
         ("user_id", pa.string()),
         ("bid", pa.uint8()),
         ("click_probability", pa.float64()),
+        ("price", pa.float64()),  # migration 0008; null: the click pays its bid
     ]
 )
 
@@ -166,11 +174,14 @@ def _bids_map(cands: Sequence[Candidates]) -> pa.MapArray:
     return pa.MapArray.from_arrays(offsets, pa.array(ids, pa.string()), _uint8(b"".join(map(_BIDS, cands))))
 
 
-_RESPONSE_PATHS = ("event_id", "ts", "query_id", "policy_version", "user.user_id", "query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons", "shown_ad_ids", "latency_ms")
+_RESPONSE_PATHS = (
+    "event_id", "ts", "query_id", "policy_version", "user.user_id", "query", "text", "exposed_ad_ids", "n_ads", "format_error", "format_reasons",
+    "shown_ad_ids", "latency_ms", "generations", "generated_tokens", "generation_s", "prices",
+)
 
 
 def responses_table(events: Sequence[ResponseEvent]) -> pa.Table:
-    eid, ts, qid, ver, uid, query, text, exposed, n_ads, ferr, reasons, shown, latency = _columns(events, _RESPONSE_PATHS)
+    eid, ts, qid, ver, uid, query, text, exposed, n_ads, ferr, reasons, shown, latency, gens, tokens, gen_s, prices = _columns(events, _RESPONSE_PATHS)
     return _table(
         RESPONSES_SCHEMA,
         [
@@ -187,15 +198,19 @@ def responses_table(events: Sequence[ResponseEvent]) -> pa.Table:
             pa.array(reasons, _STRS),
             pa.array(shown, _STRS),
             pa.array(latency, pa.float64()),
+            pa.array(gens, pa.uint16()),
+            pa.array(tokens, pa.uint32()),
+            pa.array(gen_s, pa.float64()),
+            pa.array(prices, pa.list_(pa.float64())),
         ],
     )
 
 
-_CLICK_PATHS = ("event_id", "ts", "query_id", "ad_id", "clicked", "reason", "policy_version", "user_id", "bid", "click_probability")
+_CLICK_PATHS = ("event_id", "ts", "query_id", "ad_id", "clicked", "reason", "policy_version", "user_id", "bid", "click_probability", "price")
 
 
 def clicks_table(events: Sequence[ClickEvent]) -> pa.Table:
-    eid, ts, qid, ad, clicked, reason, ver, uid, bid, prob = _columns(events, _CLICK_PATHS)
+    eid, ts, qid, ad, clicked, reason, ver, uid, bid, prob, price = _columns(events, _CLICK_PATHS)
     return _table(
         CLICKS_SCHEMA,
         [
@@ -209,6 +224,7 @@ def clicks_table(events: Sequence[ClickEvent]) -> pa.Table:
             pa.array(uid, pa.string()),
             pa.array(bid, pa.uint8()),
             pa.array(prob, pa.float64()),
+            pa.array(price, pa.float64()),
         ],
     )
 
@@ -282,62 +298,145 @@ def _rows(client, sql: str, doing: str, parameters: dict | None = None) -> list[
 
 
 def revenue_by_policy(client) -> list[dict]:
-    """One dict per policy version: queries, exposures, clicks, revenue, revenue_per_query,
-    ads_per_answer, format_error_rate, ctr (a ratio over zero is None)."""
+    """One dict per policy version: queries, exposures, clicks, revenue (what the clicks paid: their
+    price, else their bid), revenue_per_query, ads_per_answer, format_error_rate, ctr,
+    reward_per_query (a ratio over zero is None)."""
     return _rows(client, f"SELECT * FROM {DATABASE}.revenue_by_policy ORDER BY policy_version", "read revenue_by_policy")
 
 
-def _arm_metrics_sql(where: str) -> str:
-    """Per policy version over the answers ``where`` selects (applied to responses and clicks alike):
-    Eq. 8's reward with the observed clicks per answer (revenue - 10 n_ads^2 - 500 format_error),
-    its mean and sample variance, revenue per query, expected revenue per query (sum of bid x the
-    simulator's click probability over exposed ads: the revenue before the click draw, with far less
-    variance; an ad whose click has no probability counts 0), CTR, ads per answer, format-error rate.
-    The one query behind the loop's table and the rollout controller's arms."""
+# What a click pays: its price when the mechanism set one (migration 0008), else its bid (first
+# price, Eq. 7). The one definition of revenue in the reads below and in the revenue views.
+CHARGE_SQL = "coalesce(price, toFloat64(bid))"
+
+ANSWER_COLUMNS = (
+    "policy_version", "query_id", "user_id", "revenue", "expected_revenue", "reward", "clicks", "n_ads", "format_error",
+    "generations", "generated_tokens", "generation_s",
+)
+
+
+def _answers_sql(where: str) -> str:
+    """One row per answer (response, deduplicated) that ``where`` selects, applied to responses and
+    clicks alike, with the columns of ``ANSWER_COLUMNS``: revenue (what its clicks pay, ``CHARGE_SQL``),
+    expected revenue (the same charge x the simulator's click probability over its decisions: the
+    revenue before the click draw, with far less variance; a decision without a probability counts
+    0), Eq. 8's reward with the observed clicks (revenue - 10 n_ads^2 - 500 format_error), clicks,
+    n_ads, format_error and the answer's cost (generations, generated_tokens, generation_s). An
+    answer whose decisions have not arrived counts 0 revenue and 0 clicks.
+
+    The per-answer definitions behind :func:`answer_rows` and, averaged, behind every arm metric, so
+    an evaluation that resamples answers measures exactly what the loop and the controller report."""
     return f"""
-SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(expected_revenue) AS expected_revenue_per_query,
-       avg(reward) AS reward_per_query,
-       varSamp(reward) AS reward_var, sum(clicks) / nullIf(sum(n_ads), 0) AS ctr, avg(n_ads) AS ads_per_answer,
-       avg(format_error) AS format_error_rate
-FROM
-(
-    SELECT r.policy_version AS policy_version, r.n_ads AS n_ads, r.format_error AS format_error, c.clicks AS clicks,
-           toFloat64(c.revenue) AS revenue, ifNull(c.expected_revenue, 0) AS expected_revenue,
-           toFloat64(c.revenue) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error AS reward
+    SELECT CAST(r.policy_version AS String) AS policy_version, r.query_id AS query_id, r.user_id AS user_id,
+           ifNull(c.revenue, 0) AS revenue, ifNull(c.expected_revenue, 0) AS expected_revenue,
+           ifNull(c.revenue, 0) - {AD_COUNT_PENALTY:g} * r.n_ads * r.n_ads - {FORMAT_ERROR_PENALTY:g} * r.format_error AS reward,
+           toInt64(ifNull(c.clicks, 0)) AS clicks, r.n_ads AS n_ads, r.format_error AS format_error,
+           r.generations AS generations, r.generated_tokens AS generated_tokens, r.generation_s AS generation_s
     FROM
     (
-        SELECT query_id, policy_version, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error
+        SELECT query_id, policy_version, user_id, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error,
+               toInt64(generations) AS generations, toInt64(generated_tokens) AS generated_tokens, toFloat64(generation_s) AS generation_s
         FROM {DATABASE}.responses FINAL
         WHERE {where}
     ) AS r
     LEFT JOIN
     (
-        SELECT query_id, policy_version, sum(toInt64(bid) * clicked) AS revenue, sum(clicked) AS clicks,
-               sum(toFloat64(bid) * ifNull(click_probability, 0)) AS expected_revenue
+        SELECT query_id, policy_version, sum({CHARGE_SQL} * clicked) AS revenue, sum(clicked) AS clicks,
+               sum({CHARGE_SQL} * ifNull(click_probability, 0)) AS expected_revenue
         FROM {DATABASE}.clicks FINAL
         WHERE {where}
         GROUP BY query_id, policy_version
     ) AS c
     ON r.query_id = c.query_id AND r.policy_version = c.policy_version
-)
+"""
+
+
+def _arm_metrics_sql(where: str) -> str:
+    """Per policy version, the answers of :func:`_answers_sql` (``where``) summarized: queries, the
+    means of revenue, expected revenue and reward (``*_per_query``), the reward's sample variance,
+    CTR (clicks per exposed ad), ads per answer, format-error rate and the mean cost per answer
+    (``generations_per_query``, ``generated_tokens_per_query``, ``generation_s_per_query``).
+    The one query behind the loop's table and the rollout controller's arms."""
+    return f"""
+SELECT policy_version, count() AS queries, avg(revenue) AS revenue_per_query, avg(expected_revenue) AS expected_revenue_per_query,
+       avg(reward) AS reward_per_query,
+       varSamp(reward) AS reward_var, sum(clicks) / nullIf(sum(n_ads), 0) AS ctr, avg(n_ads) AS ads_per_answer,
+       avg(format_error) AS format_error_rate, avg(generations) AS generations_per_query,
+       avg(generated_tokens) AS generated_tokens_per_query, avg(generation_s) AS generation_s_per_query
+FROM
+({_answers_sql(where)})
 GROUP BY policy_version
 ORDER BY policy_version
 """
 
 
-POLICY_METRICS_SQL = _arm_metrics_sql("multiSearchAny(query_id, {tags:Array(String)})")
+_RUN_TAGS = "multiSearchAny(query_id, {tags:Array(String)})"
+POLICY_METRICS_SQL = _arm_metrics_sql(_RUN_TAGS)
+ANSWERS_SQL = _answers_sql(_RUN_TAGS) + "ORDER BY policy_version, query_id\n"
 ARMS_SQL = _arm_metrics_sql("policy_version IN {versions:Array(String)} AND ts >= {since:DateTime64(3, 'UTC')}")
+
+
+def _run_tags(run_ids: Sequence[str]) -> dict:
+    return {"tags": [f".{r}." for r in run_ids]}
 
 
 def policy_metrics(client, run_ids: Sequence[str]) -> dict[str, dict]:
     """Per policy version, over the answers to the replays ``run_ids`` (a replay's query ids hold
-    ``.<run_id>.``): queries, revenue_per_query, reward_per_query (Eq. 8 with the observed clicks:
-    revenue - 10 n_ads^2 - 500 format_error, as the rollout controller), reward_var,
-    expected_revenue_per_query, ctr (clicks per exposed ad), ads_per_answer, format_error_rate."""
+    ``.<run_id>.``): queries, revenue_per_query (what the clicks paid: their price, else their
+    bid), reward_per_query (Eq. 8 with the observed clicks: revenue - 10 n_ads^2 - 500
+    format_error, as the rollout controller), reward_var, expected_revenue_per_query, ctr (clicks
+    per exposed ad), ads_per_answer, format_error_rate, generations_per_query,
+    generated_tokens_per_query, generation_s_per_query. Each ``*_per_query``, ads_per_answer and
+    format_error_rate is the mean of that column of :func:`answer_rows` over the same run ids."""
     if not run_ids:
         return {}
-    params = {"tags": [f".{r}." for r in run_ids]}
-    return {r.pop("policy_version"): r for r in _rows(client, POLICY_METRICS_SQL, "read policy metrics", params)}
+    return {r.pop("policy_version"): r for r in _rows(client, POLICY_METRICS_SQL, "read policy metrics", _run_tags(run_ids))}
+
+
+_ANSWER_DTYPES = {
+    "policy_version": "object", "query_id": "object", "user_id": "object", "revenue": "float64", "expected_revenue": "float64",
+    "reward": "float64", "clicks": "int64", "n_ads": "int64", "format_error": "int64", "generations": "int64",
+    "generated_tokens": "int64", "generation_s": "float64",
+}
+
+
+def answer_rows(client, run_ids: Sequence[str]) -> "pd.DataFrame":
+    """One row per answer to the replays ``run_ids`` (query ids holding ``.<run_id>.``, the answers
+    :func:`policy_metrics` summarizes), ordered by (policy_version, query_id), with the columns of
+    ``ANSWER_COLUMNS``: policy_version, query_id, user_id, revenue, expected_revenue, reward
+    (floats), clicks, n_ads, format_error, generations, generated_tokens (ints), generation_s.
+
+    For resampling: an evaluation that bootstraps these rows over queries uses the monitor's own
+    per-answer definitions, and the mean of a column equals the matching ``policy_metrics`` figure.
+    No run ids, or none answered, give an empty frame with these columns."""
+    import pandas as pd
+
+    if run_ids:
+        try:
+            df = client.query_arrow(ANSWERS_SQL, parameters=_run_tags(run_ids)).to_pandas()
+        except Exception as e:  # noqa: BLE001
+            raise describe_error(e, "read answer rows") from None
+        if len(df):
+            return df[list(ANSWER_COLUMNS)]
+    return pd.DataFrame({c: pd.Series(dtype=_ANSWER_DTYPES[c]) for c in ANSWER_COLUMNS})
+
+
+ANSWER_TEXTS_SQL = f"""
+SELECT r.query_id AS query_id, r.policy_version AS policy_version, r.text AS text, r.exposed_ad_ids AS exposed_ad_ids,
+       if(empty(r.prices), arrayMap(a -> toFloat64(q.bids[a]), r.exposed_ad_ids), r.prices) AS prices
+FROM (SELECT query_id, policy_version, text, exposed_ad_ids, prices FROM {DATABASE}.responses FINAL WHERE {_RUN_TAGS}) AS r
+LEFT JOIN (SELECT query_id, bids FROM {DATABASE}.queries FINAL WHERE {_RUN_TAGS}) AS q ON r.query_id = q.query_id
+"""
+
+
+def answer_texts(client, run_ids: Sequence[str]) -> dict[tuple[str, str], dict]:
+    """The stored answers of the replays ``run_ids``, keyed by (query_id, policy_version): ``text``,
+    ``exposed_ad_ids`` and ``prices`` (per exposed ad, what a click pays: the response's prices,
+    else the query's bids), for rescoring the same answers under another click model."""
+    if not run_ids:
+        return {}
+    rows = _rows(client, ANSWER_TEXTS_SQL, "read answer texts", _run_tags(run_ids))
+    return {(r["query_id"], r["policy_version"]): {"text": r["text"], "exposed_ad_ids": list(r["exposed_ad_ids"]),
+                                                   "prices": dict(zip(r["exposed_ad_ids"], map(float, r["prices"])))} for r in rows}
 
 
 def arm_metrics(client, versions: Sequence[str], since: datetime) -> dict[str, dict]:
@@ -360,7 +459,8 @@ def revenue_per_minute(client, since: datetime | None = None) -> list[dict]:
 
 
 def totals(client) -> dict:
-    """Deduplicated totals: queries, responses, click_events (decisions), clicks (clicked), revenue."""
+    """Deduplicated totals: queries, responses, click_events (decisions), clicks (clicked) as ints,
+    and revenue (what the clicks paid: their price, else their bid) as a float."""
     sql = f"""
         SELECT
             (SELECT count() FROM {DATABASE}.queries FINAL) AS queries,
@@ -368,10 +468,10 @@ def totals(client) -> dict:
             c.click_events AS click_events,
             c.clicks AS clicks,
             c.revenue AS revenue
-        FROM (SELECT count() AS click_events, sum(clicked) AS clicks, sum(bid * clicked) AS revenue FROM {DATABASE}.clicks FINAL) AS c
+        FROM (SELECT count() AS click_events, sum(clicked) AS clicks, sum({CHARGE_SQL} * clicked) AS revenue FROM {DATABASE}.clicks FINAL) AS c
     """
     row = _rows(client, sql, "read warehouse totals")[0]
-    return {k: int(v) for k, v in row.items()}
+    return {k: float(v) if k == "revenue" else int(v) for k, v in row.items()}
 
 
 def rollout_decisions(client, limit: int | None = None) -> list[dict]:

@@ -70,7 +70,7 @@ class QueryEvent(Event):
     user: UserProfile
     query: NonEmpty
     candidates: Candidates
-    split: Literal["train", "test", "live"] = "live"
+    split: Literal["train", "validation", "test", "live"] = "live"
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "QueryEvent":
         """As pydantic's, but new ``candidates`` are converted and checked (the field is always ``Candidates``)."""
@@ -119,8 +119,8 @@ class ResponseEvent(Event):
     latency_ms: float = Field(ge=0.0, default=0.0)
     generations: int = Field(ge=0, default=1)
     generated_tokens: int = Field(ge=0, default=0)
-    generation_s: float = Field(ge=0.0, default=0.0)
-    prices: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list)
+    generation_s: float = Field(ge=0.0, default=0.0, allow_inf_nan=False)
+    prices: list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResponseEvent":
@@ -178,7 +178,7 @@ class ClickEvent(Event):
     user_id: NonEmpty
     bid: Bid
     click_probability: float | None = Field(default=None, ge=0.0, le=1.0)
-    price: float | None = Field(default=None, ge=0.0)
+    price: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
 
     @property
     def charge(self) -> float:

@@ -28,7 +28,9 @@ USERS = [UserProfile(user_id=f"u{i}", info="a user", interests=["x"]) for i in r
 def make_traffic(n: int = N_RESPONSES):
     """Deterministic traffic: answer i exposes 0, 2, 4 or 6 ads (3 on average, so 3n click events),
     one in 7 has a format error, versions alternate in runs of 3, clicks come 0..29 s after the
-    answer (so some land in the next minute), and about 30% of decisions are clicks."""
+    answer (so some land in the next minute), and about 30% of decisions are clicks. One answer in
+    5 sets its own prices (half the bid: exact in binary, so float sums stay exact) and states a
+    cost; its clicks carry the price, the others pay their bid."""
     responses, clicks = [], []
     span_ms = 10 * 60_000
     for i in range(n):
@@ -38,16 +40,18 @@ def make_traffic(n: int = N_RESPONSES):
         cands = ADS[i % 2 :] + ADS[: i % 2]  # two orders, same ads and bids
         q = QueryEvent(query_id=f"q{i}", user=user, query=f"question {i % 97}", candidates=cands, ts=ts)
         exposed = [a.ad_id for a in cands[: 2 * (i % 4)]]
+        priced = i % 5 == 1
+        cost = {"generations": 4, "generated_tokens": 100 + i % 50, "generation_s": 0.25, "prices": [a.bid / 2 for a in cands[: len(exposed)]]} if priced else {}
         r = ResponseEvent.for_query(
             event_id=f"r{i}", query_id=q.query_id, policy_version=version, query=q, text=f"answer {i}", exposed_ad_ids=exposed,
-            n_ads=len(exposed), format_error=i % 7 == 0, format_reasons=["malformed marker"] if i % 7 == 0 else [], shown_ad_ids=exposed, ts=ts,
+            n_ads=len(exposed), format_error=i % 7 == 0, format_reasons=["malformed marker"] if i % 7 == 0 else [], shown_ad_ids=exposed, ts=ts, **cost,
         )
         responses.append(r)
         for j, ad in enumerate(cands[: len(exposed)]):
             clicks.append(
                 ClickEvent(
                     event_id=f"c{i}-{j}", query_id=q.query_id, ad_id=ad.ad_id, clicked=(i * 7 + j * 3) % 10 < 3, policy_version=version,
-                    user_id=user.user_id, bid=ad.bid, click_probability=0.3, ts=ts + timedelta(seconds=(i + j) % 30),
+                    user_id=user.user_id, bid=ad.bid, click_probability=0.3, ts=ts + timedelta(seconds=(i + j) % 30), price=ad.bid / 2 if priced else None,
                 )
             )
     return responses, clicks
@@ -68,7 +72,7 @@ def expected_per_minute(responses, clicks) -> list[dict]:
     for c in clicks:
         d = agg[(minute_of(c.ts), c.policy_version)]
         d["clicks"] += c.clicked
-        d["revenue"] += c.bid * c.clicked
+        d["revenue"] += c.charge * c.clicked
     return [
         {
             "minute": m, "policy_version": v, "queries": d["queries"], "exposures": d["exposures"], "clicks": d["clicks"], "revenue": d["revenue"],
@@ -91,7 +95,7 @@ def expected_by_policy(responses, clicks) -> list[dict]:
         d["penalty"] += -10 * r.n_ads**2 - 500 * r.format_error
     for c in clicks:
         agg[c.policy_version]["clicks"] += c.clicked
-        agg[c.policy_version]["revenue"] += c.bid * c.clicked
+        agg[c.policy_version]["revenue"] += c.charge * c.clicked
     return [
         {
             "policy_version": v, "queries": d["queries"], "exposures": d["exposures"], "clicks": d["clicks"], "revenue": d["revenue"],
@@ -128,7 +132,8 @@ def test_100k_rows_exact_sums_and_replays_never_count_twice(clickhouse_client, t
     assert warehouse.insert_clicks(client, clicks) == 75_000
     assert warehouse.revenue_per_minute(client) == want_minutes
     assert warehouse.revenue_by_policy(client) == want_policy
-    revenue = sum(c.bid for c in clicks if c.clicked)
+    revenue = sum(c.charge for c in clicks if c.clicked)
+    assert revenue != sum(c.bid for c in clicks if c.clicked)  # the prices count
     assert warehouse.totals(client) == {"queries": 0, "responses": 25_000, "click_events": 75_000, "clicks": sum(c.clicked for c in clicks), "revenue": revenue}
 
     # the same batch again (a crash between insert and offset commit): stored twice, counted once

@@ -16,7 +16,7 @@ from llm_auction.schemas.events import ClickEvent
 
 pytestmark = pytest.mark.integration
 
-ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions"]
+ALL = ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions", "0008_mechanism_costs"]
 
 
 def objects(client) -> dict[str, str]:
@@ -49,6 +49,12 @@ def test_migrate_from_scratch_then_twice_is_a_noop(clickhouse_client):
         "SELECT name, partition_key, sorting_key FROM system.tables WHERE database = 'llm_auction' AND name IN ('queries', 'responses', 'clicks') ORDER BY name"
     ).result_rows
     assert keys == [(t, "toYYYYMMDD(ts)", "ts, event_id") for t in ("clicks", "queries", "responses")]
+    # 0008 appends the mechanism's cost and prices to the tables, as the Arrow schemas list them
+    for table, schema in (("responses", warehouse.RESPONSES_SCHEMA), ("clicks", warehouse.CLICKS_SCHEMA)):
+        cols = client.query(f"SELECT name, type FROM system.columns WHERE database = 'llm_auction' AND table = '{table}' ORDER BY position").result_rows
+        assert [c[0] for c in cols] == schema.names
+    types = dict(client.query("SELECT name, type FROM system.columns WHERE database = 'llm_auction' AND table IN ('responses', 'clicks') AND (name LIKE '%price%' OR name LIKE 'generat%')").result_rows)
+    assert types == {"generations": "UInt16", "generated_tokens": "UInt32", "generation_s": "Float64", "prices": "Array(Float64)", "price": "Nullable(Float64)"}
     cols = client.query("SELECT name, type FROM system.columns WHERE database = 'llm_auction' AND table = 'revenue_per_minute' ORDER BY position").result_rows
     assert [c[0] for c in cols] == ["minute", "policy_version", "queries", "exposures", "clicks", "revenue", "ads_per_answer", "format_error_rate", "ctr", "reward_per_query"]
     assert cols[0][1] == "DateTime('UTC')"

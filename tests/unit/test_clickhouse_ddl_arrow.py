@@ -15,9 +15,9 @@ T = datetime(2026, 3, 1, 12, 0, 0, 123987, tzinfo=timezone.utc)
 
 def test_migrations_are_versioned_in_order_and_split_into_statements():
     ms = migrations()
-    assert [m.name for m in ms] == ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions"]
-    assert [m.version for m in ms] == [1, 2, 3, 4, 5, 6, 7]
-    assert [len(m.statements()) for m in ms] == [2, 3, 3, 1, 2, 2, 1]
+    assert [m.name for m in ms] == ["0001_database", "0002_event_tables", "0003_views", "0004_impressions_final", "0005_reward_per_query", "0006_stream_app", "0007_rollout_decisions", "0008_mechanism_costs"]
+    assert [m.version for m in ms] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [len(m.statements()) for m in ms] == [2, 3, 3, 1, 2, 2, 1, 4]
     first = ms[0].statements()
     assert first[0] == "CREATE DATABASE IF NOT EXISTS llm_auction"
     for m in ms:
@@ -86,6 +86,24 @@ def test_responses_table_flattens_the_response():
         "event_id": "r-ev", "ts": datetime(2026, 3, 1, 13, 30, 0, 123000, tzinfo=timezone.utc), "query_id": "q1", "policy_version": "v3",
         "user_id": "u7", "query": "which tea?", "text": "try @Green Tea@[Ad-0001]", "exposed_ad_ids": ["Ad-0001"], "n_ads": 1,
         "format_error": 1, "format_reasons": ["unknown id Ad-0009"], "shown_ad_ids": ["Ad-0001"], "latency_ms": 12.5,
+        "generations": 1, "generated_tokens": 0, "generation_s": 0.0, "prices": [],  # an answer that states no cost: one generation, first price
+    }
+
+
+def test_responses_table_carries_the_cost_and_prices_after_the_older_columns():
+    # migration 0008 appends the columns (ALTER ADD COLUMN), so the schema lists them last as well
+    q = _query()
+    r = ResponseEvent.for_query(
+        q, policy_version="slot", text="t", exposed_ad_ids=["Ad-0002", "Ad-0001"], n_ads=2, generations=4, generated_tokens=311,
+        generation_s=0.75, prices=[7.0, 3.5], ts=T,
+    )
+    t = warehouse.responses_table([r])
+    assert t.schema == warehouse.RESPONSES_SCHEMA
+    assert t.schema.names[-5:] == ["latency_ms", "generations", "generated_tokens", "generation_s", "prices"]
+    assert (t.column("generations").type, t.column("generated_tokens").type, t.column("prices").type) == (pa.uint16(), pa.uint32(), pa.list_(pa.float64()))
+    row = t.to_pylist()[0]
+    assert {k: row[k] for k in ("exposed_ad_ids", "generations", "generated_tokens", "generation_s", "prices")} == {
+        "exposed_ad_ids": ["Ad-0002", "Ad-0001"], "generations": 4, "generated_tokens": 311, "generation_s": 0.75, "prices": [7.0, 3.5],
     }
 
 
@@ -101,6 +119,9 @@ def test_clicks_table_columns_types_and_nulls():
     assert t.column("clicked").to_pylist() == [1, 0]
     assert t.column("bid").type == pa.uint8() and t.column("bid").to_pylist() == [42, 7]
     assert t.column("click_probability").to_pylist() == [0.25, None]
+    assert t.schema.names[-1] == "price" and t.column("price").type == pa.float64() and t.column("price").to_pylist() == [None, None]
+    priced = warehouse.clicks_table([events[0].model_copy(update={"price": 12.5})])
+    assert priced.column("price").to_pylist() == [12.5]
     assert t.column("ts").to_pylist() == [datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=timezone.utc), datetime(2026, 3, 1, 12, 0, 0, 999000, tzinfo=timezone.utc)]
 
 

@@ -39,7 +39,7 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == SCHEMA_VERSION == 5
+    assert back == q and back.event_id == q.event_id and back.schema_version == SCHEMA_VERSION == 6
     assert back.bids() == {"Ad-4820": 42}
 
 
