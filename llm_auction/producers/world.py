@@ -2,7 +2,10 @@
 
 Mirrors the paper's dataset (Sec. 5.2.1): 3,000 profiles with basic information and 2-5
 interests, five queries each (15,000), split 12,000 train / 3,000 test, bids uniform integers
-1..100 drawn independently per ad and per query. Queries here come from templates over the
+1..100 drawn independently per ad and per query. ``n_validation`` train queries more become a
+validation split (presets and hyperparameters are chosen on it, never on test; the embedded
+defaults and ``llm-auction world`` take 1,000 of the train queries); it is drawn by its own RNG,
+so the test split and every other byte of the files stay what the seed gives without it. Queries here come from templates over the
 profile's interests; a User-LLM query generator is a models backend.
 
 Everything is drawn from one ``random.Random(seed)`` in a fixed order, so a seed gives the same
@@ -35,6 +38,7 @@ class WorldSpec:
     n_users: int = 3000
     queries_per_user: int = 5
     n_test: int = 3000
+    n_validation: int = 0
     min_interests: int = 2
     max_interests: int = 5
 
@@ -93,6 +97,9 @@ def generate_world(out_dir: Path, spec: WorldSpec = WorldSpec(), progress: bool 
     rng = random.Random(spec.seed)
     n_queries = spec.n_users * spec.queries_per_user
     test_ids = set(random.Random(spec.seed + 1).sample(range(n_queries), spec.n_test))
+    if not 0 <= spec.n_validation <= n_queries - spec.n_test:
+        raise ValueError(f"n_validation={spec.n_validation} must be in 0..{n_queries - spec.n_test} (the queries not in test)")
+    validation_ids = set(random.Random(spec.seed + 2).sample(sorted(set(range(n_queries)) - test_ids), spec.n_validation))
 
     with (out_dir / "ads.jsonl").open("w", encoding="utf-8") as f:
         for ad in catalog:
@@ -107,7 +114,7 @@ def generate_world(out_dir: Path, spec: WorldSpec = WorldSpec(), progress: bool 
                     "query_id": f"q{q:06d}",
                     "user_id": profile.user_id,
                     "query": text,
-                    "split": "test" if q in test_ids else "train",
+                    "split": "test" if q in test_ids else "validation" if q in validation_ids else "train",
                     "bids": draw_bids(rng, len(catalog)),
                 }
                 fq.write(json.dumps(rec, separators=(",", ":")) + "\n")
@@ -118,7 +125,8 @@ def generate_world(out_dir: Path, spec: WorldSpec = WorldSpec(), progress: bool 
         "n_categories": len({a.category for a in catalog}),
         "n_users": spec.n_users,
         "n_queries": q,
-        "n_train": q - spec.n_test,
+        "n_train": q - spec.n_test - spec.n_validation,
+        "n_validation": spec.n_validation,
         "n_test": spec.n_test,
         "sha256": {name: hashlib.sha256((out_dir / name).read_bytes()).hexdigest() for name in FILES},
     }

@@ -15,6 +15,7 @@ DEAD_LETTER = "auction.dead-letter"
 PCTR_VERSIONS = "auction.pctr-versions"
 POLICY_VERSIONS = "auction.policy-versions"
 ROLLOUT = "auction.rollout"
+EVAL_ROLLOUT = "auction.eval-rollout"
 IRPO_REQUESTS = "auction.irpo-requests"
 
 DAY_MS = 24 * 3600 * 1000
@@ -46,6 +47,9 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(PCTR_VERSIONS, 1, -1, compacted=True),
         TopicSpec(POLICY_VERSIONS, 1, -1, compacted=True),
         TopicSpec(ROLLOUT, 1, -1),
+        # ``llm-auction eval``'s routing (every user to one mechanism at a time), apart from
+        # auction.rollout so an evaluation never changes what live responders serve.
+        TopicSpec(EVAL_ROLLOUT, 1, -1),
         # The stream app's epoch requests, in order; it reads them back at start (what it asked
         # for), and the trainer consumes them: one partition, kept.
         TopicSpec(IRPO_REQUESTS, 1, -1),

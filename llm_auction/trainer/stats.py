@@ -29,4 +29,26 @@ def mean_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: i
     return float(v.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-__all__ = ["mean_ci"]
+def ratio_ci(num: Sequence[float], den: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(sum(num) / sum(den), low, high): a ratio of totals (CTR: clicks over exposures) with its
+    percentile-bootstrap interval, the units resampled in pairs (a resample whose ``den`` sums to 0
+    has no ratio and is left out); nan where ``den`` sums to 0."""
+    n, d = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if n.size == 0 or n.size != d.size:
+        raise ValueError("ratio_ci needs paired values, at least one")
+    if d.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(n.sum() / d.sum())
+    if n.size == 1:
+        return point, point, point
+
+    # resampled by hand: scipy's bootstrap warns on the nan of a resample without exposures
+    idx = np.random.default_rng(seed).integers(0, n.size, size=(n_resamples, n.size))
+    tops, bottoms = n[idx].sum(axis=1), d[idx].sum(axis=1)
+    ratios = tops[bottoms > 0] / bottoms[bottoms > 0]
+    alpha = (1 - confidence) / 2
+    low, high = np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)])
+    return point, float(low), float(high)
+
+
+__all__ = ["mean_ci", "ratio_ci"]

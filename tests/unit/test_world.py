@@ -71,3 +71,18 @@ def test_missing_world_folder_is_a_clear_error(tmp_path):
 def test_too_many_test_queries_rejected(tmp_path):
     with pytest.raises(ValueError, match="n_test"):
         generate_world(tmp_path, WorldSpec(n_users=2, queries_per_user=5, n_test=11), progress=False)
+
+
+def test_a_validation_split_is_taken_from_train_and_leaves_test_and_bids_alone(tmp_path):
+    from llm_auction.producers.world import World
+
+    plain = generate_world(tmp_path / "a", WorldSpec(seed=3, n_users=60, queries_per_user=5, n_test=60), progress=False)
+    split = generate_world(tmp_path / "b", WorldSpec(seed=3, n_users=60, queries_per_user=5, n_test=60, n_validation=20), progress=False)
+    assert (split["n_train"], split["n_validation"], split["n_test"]) == (220, 20, 60) and plain["n_validation"] == 0
+    a, b = list(World(tmp_path / "a").records()), list(World(tmp_path / "b").records())
+    assert [(r.query_id, r.query, r.bids) for r in a] == [(r.query_id, r.query, r.bids) for r in b]
+    assert [r.query_id for r in a if r.split == "test"] == [r.query_id for r in b if r.split == "test"]
+    val = [r for r, s in zip(a, b) if s.split == "validation"]
+    assert len(val) == 20 and all(r.split == "train" for r in val)
+    with pytest.raises(ValueError, match="n_validation"):
+        generate_world(tmp_path / "c", WorldSpec(seed=3, n_users=60, queries_per_user=5, n_test=60, n_validation=241), progress=False)

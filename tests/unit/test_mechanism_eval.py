@@ -1,0 +1,61 @@
+"""The evaluation's logic without the pipeline: options, the trained-on refusal, the table's statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_auction.learning.eval_figures import table
+from llm_auction.learning.mechanism_eval import EvalOptions, resolve_policies, trained_on_overlap
+from llm_auction.trainer.registry import ModelRegistry
+
+
+def publish(reg: ModelRegistry, tmp_path, name: str, window: dict, parent: str | None = None) -> str:
+    src = tmp_path / f"src-{name}"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(name.encode() * 16)
+    return reg.publish(src, data_window=window, parent=parent, main="adapter_model.safetensors", extra={"policy_kind": "lora"}).version
+
+
+def test_a_version_trained_on_the_queries_or_descending_from_one_is_refused(tmp_path, small_world):
+    reg = ModelRegistry(tmp_path / "reg", "policy")
+    test_ids = [r.query_id for r in small_world.records("test")]
+    clean = publish(reg, tmp_path, "a", {"split": "train", "query_offset": 0, "queries": 8})
+    leaky = publish(reg, tmp_path, "b", {"split": "test", "query_offset": 2, "queries": 3}, parent=clean)
+    child = publish(reg, tmp_path, "c", {"split": "train", "query_offset": 8, "queries": 8}, parent=leaky)
+    assert trained_on_overlap(reg, small_world, clean, set(test_ids)) == {}
+    assert trained_on_overlap(reg, small_world, child, set(test_ids)) == {leaky: sorted(test_ids[2:5])}
+    assert trained_on_overlap(reg, small_world, child, set(test_ids[:2])) == {}  # other test queries: nothing to refuse
+    assert resolve_policies(["latest", clean, "none"], reg) == [child, clean]
+    with pytest.raises(ValueError, match="not in"):
+        resolve_policies(["policy-0099"], reg)
+
+
+def test_options_refuse_what_cannot_run():
+    with pytest.raises(ValueError, match="queries must be >= 2"):
+        EvalOptions(queries=1)
+    with pytest.raises(ValueError, match="bid_levels"):
+        EvalOptions(bid_levels=[50, 50])
+    assert EvalOptions(continuity_step=25).continuity_bids() == [1, 25, 50, 75, 100]
+    assert EvalOptions.quick(queries=9).queries == 9
+
+
+def _rows(arm: str, values: list[float], clicks: list[int], n_ads: list[int]) -> list[dict]:
+    cols = ("revenue", "expected_revenue", "reward", "realized_reward", "judge_expected_revenue", "judge_reward", "format_error",
+            "generations", "generated_tokens", "generation_s")
+    return [{"arm": arm, "key": f"q{i}", **{c: v for c in cols}, "clicks": c, "n_ads": n} for i, (v, c, n) in enumerate(zip(values, clicks, n_ads))]
+
+
+def test_the_table_means_intervals_ratio_and_paired_difference():
+    base = _rows("pretrained", [1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1], [1, 1, 2, 0])
+    other = _rows("mosaic:20", [2.0, 2.0, 5.0, 4.0], [1, 1, 1, 0], [1, 2, 1, 1])[::-1]  # order does not matter: paired by key
+    t = {m["name"]: m for m in table(base + other, ["pretrained", "mosaic:20", "slot"])}
+    assert list(t) == ["pretrained", "mosaic:20"]  # an arm without answers has no row
+    assert t["pretrained"]["revenue_per_query"]["mean"] == pytest.approx(2.5) and t["mosaic:20"]["queries"] == 4
+    lo, hi = t["pretrained"]["revenue_per_query"]["ci95"]
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    assert t["pretrained"]["ctr"]["mean"] == pytest.approx(2 / 4) and t["mosaic:20"]["ctr"]["mean"] == pytest.approx(3 / 5)
+    d = t["mosaic:20"]["vs_pretrained"]
+    assert d["queries"] == 4 and d["revenue_per_query"]["mean"] == pytest.approx(np.mean([1.0, 0.0, 2.0, 0.0]))
+    assert "vs_pretrained" not in t["pretrained"]
