@@ -74,7 +74,7 @@ def _announce(args) -> int:
 
 def register_rollout(pc: argparse._SubParsersAction) -> None:
     """Add the rollout commands to the ``policy`` group."""
-    r = pc.add_parser("rollout", help="canary a version to a share of users (stable hash of the user id)")
+    r = pc.add_parser("rollout", help="canary a version (or a mechanism arm: mosaic:20, slot) to a share of users (stable hash of the user id)")
     r.add_argument("version", help="like policy-0001")
     r.add_argument("--share", type=float, required=True, help="share of users in [0, 1] (raising it keeps the users already in)")
     p = pc.add_parser("promote", help="make a version the stable one (every user)")
@@ -91,6 +91,7 @@ def _decide(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.consumers.rollout_controller import operator_event
     from llm_auction.infra.kafka import ensure_topics, make_producer, open_reader, read_topics
+    from llm_auction.mechanisms import arm_versions, is_mechanism
     from llm_auction.schemas import PolicyVersion, RolloutEvent, encode
     from llm_auction.schemas.settings import get_settings
     from llm_auction.schemas.topics import POLICY_VERSIONS, ROLLOUT
@@ -107,6 +108,8 @@ def _decide(args) -> int:
         consumer.close()
     history = [e for e in events if isinstance(e, RolloutEvent)]
     known = {s.policy_version} | {e.version for e in events if isinstance(e, PolicyVersion)} | {e.stable_version for e in history}
+    if is_mechanism(args.version) and arm_versions(args.version, s.policy_version) <= known:
+        known.add(args.version)  # a mechanism arm (mosaic:20, policy:<v>) over announced versions (docs/mechanisms.md)
     try:
         event = operator_event(history, s.policy_version, args.rollout_action, args.version, getattr(args, "share", None), args.reason, known=known)
     except ValueError as e:

@@ -99,6 +99,27 @@ def _limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a message")
 
 
+def served_pctr(s, encoder=None):
+    """The pCTR a responder's mechanism arms (``mosaic``, ``slot``) select and rank with: the
+    registry's latest promoted version at start, opened on first use (a responder that never
+    serves such an arm loads nothing); None without one, so a rollout to such an arm is refused."""
+    from llm_auction.trainer.registry import ModelRegistry
+
+    if ModelRegistry(s.resolved_registry_dir(), "pctr").latest() is None:
+        return None
+    opened = []
+
+    def score(items):
+        if not opened:
+            from llm_auction.models.encoder import TextEncoder
+            from llm_auction.trainer.reward import open_reward
+
+            opened.append(open_reward("pctr", settings=s, encoder=encoder or TextEncoder()).score)
+        return opened[0](items)
+
+    return score
+
+
 def _serve(args) -> int:
     from llm_auction.cli import CliError
     from llm_auction.consumers import build
@@ -122,7 +143,8 @@ def _serve(args) -> int:
         encoder = TextEncoder() if s.candidates_k else None
         backend = open_backend(s)
         control = build.responder_control(s, bootstrap, backend, producer).start()  # policy versions and rollouts (docs/rollout.md)
-        svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop, control=control)
+        svc = build.responder_service(s, bootstrap, producer, backend, build.candidate_picker(s, encoder), stop, control=control,
+                                      score=served_pctr(s, encoder))
     elif name == "user-sim":
         from llm_auction.models.user_sim import make_user_simulator
 

@@ -12,8 +12,8 @@ Each look:
 2. with no canary running, the oldest announced version that no rollout has named yet starts a
    canary at ``LLMA_ROLLOUT_CANARY_SHARE`` against the current stable version;
 3. with a canary running, it reads each arm's answered queries since the canary began from
-   ClickHouse (responses ``FINAL`` joined to their clicks ``FINAL``; per query: revenue
-   ``sum(bid * clicked)``, reward Eq. 8 with the observed clicks, ``revenue - 10 n_ad^2 - 500
+   ClickHouse (responses ``FINAL`` joined to their clicks ``FINAL``; per query: revenue, what the
+   clicks paid, ``sum(coalesce(price, bid) * clicked)``, reward Eq. 8 with the observed clicks, ``revenue - 10 n_ad^2 - 500
    format_error``, the same as migration 0005's views) and applies :func:`decide`.
 
 The rule (:func:`decide`; parameters are settings, docs/rollout.md):

@@ -124,11 +124,7 @@ def plots(props: dict[str, Any], out: Path) -> list[Path]:
             if "monotonicity" in v:
                 ax.plot(v["monotonicity"]["bid"], v["monotonicity"]["itctr"], marker="o", label=f"{name} (rho {v['spearman_bid_itctr']:.2f})")
         ax.set(xlabel="bid", ylabel="mean ITCTR", title="Monotonicity: ITCTR against the bid level")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "monotonicity.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "monotonicity.png")
+        written.append(_save(plt, fig, ax, out / "monotonicity.png"))
     if any("continuity" in v for v in versions.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, v in versions.items():
@@ -139,12 +135,16 @@ def plots(props: dict[str, Any], out: Path) -> list[Path]:
         if props.get("slot_step"):
             ax.step(props["slot_step"]["bid"], props["slot_step"]["itctr"], where="post", linestyle="--", label="slot auction")
         ax.set(xlabel="bid", ylabel="ITCTR", title="Continuity: one query, one ad")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "continuity.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "continuity.png")
+        written.append(_save(plt, fig, ax, out / "continuity.png"))
     return written
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write(report: dict[str, Any], rows, props: dict[str, Any], out: Path) -> None:

@@ -82,3 +82,8 @@ def test_operator_decisions_go_through_the_rollout_topic_and_nonsense_sends_noth
     assert all(e.decided_by == "operator" for e in sent)
     routings = [PolicyRouter.routing_of(e) for e in sent]  # what a responder applies for each
     assert [(r.stable, r.candidate, r.share) for r in routings] == [("base", "policy-0001", 0.2), ("policy-0001", None, 0.0), ("base", None, 0.0)]
+
+    # a mechanism arm over announced versions is a candidate like a version; over an unknown one it is refused
+    assert "policy:policy-0009 was never announced" in policy("rollout", "policy:policy-0009", "--share", "0.2", rc=2)
+    mosaic = policy("rollout", "mosaic:20", "--share", "0.1")
+    assert (mosaic["state"], mosaic["stable_version"], mosaic["candidate_version"], mosaic["candidate_share"]) == ("canary", "base", "mosaic:20", 0.1)

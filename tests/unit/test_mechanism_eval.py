@@ -59,3 +59,26 @@ def test_the_table_means_intervals_ratio_and_paired_difference():
     d = t["mosaic:20"]["vs_pretrained"]
     assert d["queries"] == 4 and d["revenue_per_query"]["mean"] == pytest.approx(np.mean([1.0, 0.0, 2.0, 0.0]))
     assert "vs_pretrained" not in t["pretrained"]
+
+
+def test_the_report_carries_each_swept_versions_spearman_and_writes_its_figures(tmp_path):
+    from types import SimpleNamespace
+
+    from llm_auction.learning import eval_report
+
+    rows = _rows("pretrained", [1.0, 2.0], [0, 1], [1, 1]) + _rows("policy:policy-0002", [3.0, 5.0], [1, 1], [1, 2])
+    curve = {"bid": [1, 50, 100], "itctr": [0.0, 0.01, 0.03], "smoothed": [0.003, 0.013, 0.02], "exposure": [0.0, 0.5, 1.0], "answers": [2, 2, 2]}
+    props = {"query_id": "q1", "ad_id": "Ad-0001", "continuity_bids": [1, 50, 100], "bid_levels": [1, 50, 100],
+             "versions": {"pretrained": {"spearman_bid_itctr": 0.5, "monotonicity": {"bid": [1, 50, 100], "itctr": [0.0, 0.02, 0.01]},
+                                         "continuity": curve, "max_jump": 0.01, "max_jump_at": 1,
+                                         "incentives": {"utility_maximizer": {"best_bid": 50.0, "gain_over_truthful": 0.1, "individually_rational_when_truthful": True}}},
+                          "policy-0002": {"spearman_bid_itctr": 1.0}},
+             "slot_step": {"bid": [1, 50, 100], "itctr": [0.0, 0.0, 0.04]}}
+    settings = SimpleNamespace(adllm_backend="vllm", resolved_adllm_model=lambda: "/m/smollm2", candidates_k=8)
+    report = eval_report.build(rows, props, EvalOptions(), arms=["pretrained", "policy:policy-0002"], served="pctr-0001", settings=settings)
+    by = {m["name"]: m for m in report["mechanisms"]}
+    assert by["pretrained"]["spearman_bid_itctr"] == 0.5 and by["policy:policy-0002"]["spearman_bid_itctr"] == 1.0
+    eval_report.write(report, rows, props, tmp_path)
+    md = (tmp_path / "eval.md").read_text()
+    assert "| policy:policy-0002 | 2 | 4.00 [" in md and "pctr-0001" in md and "| pretrained | 0.500 |" in md
+    assert (tmp_path / "monotonicity.png").stat().st_size > 1000 and (tmp_path / "continuity.png").stat().st_size > 1000
