@@ -52,8 +52,10 @@ DECISION_COLUMNS = [
 DECISION_TEXT = frozenset({"version", "state", "stable_version", "arms", "decided_by", "reason"})  # left-aligned
 # How a version stands after the latest decision (docs/rollout.md): "stable" (serves everyone
 # not in a canary), "canary"/"paused" (serves its share), "rolled_back" (a candidate the last
-# decision about it rolled back), "retired" (no longer served: a former stable, or a candidate
-# replaced before any decision).
+# decision about it rolled back), "inconclusive" (a candidate taken out when its canary's budget
+# ended without a significant difference), "retired" (no longer served: a former stable, or a
+# candidate replaced before any decision).
+ENDED = ("rolled_back", "inconclusive")  # decisions that take a candidate out, named as its state
 SERVING = ("canary", "paused")
 LAG_COLUMNS = [
     ("group", "group", "{}"),
@@ -127,7 +129,7 @@ def version_states(decisions: list[dict]) -> list[dict]:
     for d in decisions:
         states.setdefault(d["stable_version"], "retired")
         if d["candidate_version"]:
-            states[d["candidate_version"]] = "rolled_back" if d["state"] == "rolled_back" else "retired"
+            states[d["candidate_version"]] = d["state"] if d["state"] in ENDED else "retired"
         if d["state"] == "promoted":
             states[d["stable_version"]] = "retired"  # marked stable below if it still is
     shares = dict.fromkeys(states, 0.0)
@@ -285,7 +287,7 @@ def write_report(client, out: Path) -> Path:
             pts = [(m["minute"], m[metric]) for m in minutes if m["policy_version"] == v]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
         for d in decisions:  # the rollout decisions, marked where they were taken
-            color = {"promoted": "tab:green", "rolled_back": "tab:red"}.get(d["state"], "tab:gray")
+            color = {"promoted": "tab:green", "rolled_back": "tab:red", "inconclusive": "tab:orange"}.get(d["state"], "tab:gray")
             ax.axvline(d["decided_at"], color=color, linestyle="--", linewidth=1)
             ax.annotate(f"{d['state']} {d['candidate_version'] or d['stable_version']}", (d["decided_at"], 1.0), xycoords=("data", "axes fraction"),
                         rotation=90, va="top", ha="right", fontsize=7, color=color)

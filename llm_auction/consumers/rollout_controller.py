@@ -12,21 +12,30 @@ Each look:
 2. with no canary running, the oldest announced version that no rollout has named yet starts a
    canary at ``LLMA_ROLLOUT_CANARY_SHARE`` against the current stable version;
 3. with a canary running, it reads each arm's answered queries since the canary began from
-   ClickHouse (responses ``FINAL`` joined to their clicks ``FINAL``; per query: revenue, what the
-   clicks paid, ``sum(coalesce(price, bid) * clicked)``, reward Eq. 8 with the observed clicks, ``revenue - 10 n_ad^2 - 500
-   format_error``, the same as migration 0005's views) and applies :func:`decide`.
+   ClickHouse, summed per user (``warehouse.arm_users``: responses ``FINAL`` joined to their clicks
+   ``FINAL``; per query: revenue, what the clicks paid, ``sum(coalesce(price, bid) * clicked)``,
+   reward Eq. 8 with the observed clicks, ``revenue - 10 n_ad^2 - 500 format_error``, the same as
+   migration 0005's views), counting only answers older than ``attribution_window_s`` (their clicks
+   may still be on the way), and applies :func:`decide`.
 
-The rule (:func:`decide`; parameters are settings, docs/rollout.md):
+The rule (:func:`decide`; parameters are settings, docs/rollout.md). The primary metric is reward
+per query; the unit is the user (the router hashes users), so every variance is the per-user
+(cluster-robust) one of ``sequential.clustered``:
 
 - fewer than ``min_queries`` in either arm: wait;
 - guardrail: the same mSPRT (mixture sd 0.1) on the format-error rate shows the candidate's above
   the stable's + ``max_format_error_increase``: roll back;
 - mSPRT (``consumers/sequential.py``, normal mixture with sd ``tau``) on reward per query at
-  level ``alpha``, valid at every look: significant and higher: promote; significant and lower:
-  roll back;
-- the candidate arm reached ``max_queries`` without a significant result: the point estimate
-  decides (higher reward per query: promote; else roll back), so no canary runs forever;
+  level ``alpha``, valid at every look (CUPED-adjusted when the arms carry a covariate):
+  significant and higher: promote; significant and lower: roll back;
+- neither: at ``max_queries`` candidate queries the canary is extended once, to
+  ``max_queries + extend_queries``; at the end of that budget it ends ``inconclusive`` (the
+  candidate is taken out, the stable version kept, the estimate and interval recorded): a
+  point estimate never decides, so ``alpha`` bounds the false promotions at the end too;
 - a ``paused`` rollout is left alone (a person resumes it with ``policy rollout``).
+
+Every decision records each arm's queries and users (``evidence``) and the test's estimate,
+confidence-sequence interval and p-value (``test``).
 
 No decision repeated or lost: a decision's ``event_id`` is derived from it
 (``RolloutEvent.decision_id``); it is first recorded in ``llm_auction.rollout_decisions``
@@ -40,10 +49,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from llm_auction.infra import warehouse
 from llm_auction.infra.clickhouse import describe_error
@@ -54,17 +65,18 @@ from llm_auction.schemas.events import ArmEvidence
 from llm_auction.schemas.settings import Settings
 from llm_auction.schemas.topics import POLICY_VERSIONS, ROLLOUT
 
-from .sequential import ArmStats, msprt
+from .sequential import ArmStats, MsprtResult, Unit, clustered, cuped_arms, msprt
 
 log = logging.getLogger(__name__)
 
 DECISIONS_TABLE = "llm_auction.rollout_decisions"
-TERMINAL = ("promoted", "rolled_back")
+TERMINAL = ("promoted", "rolled_back", "inconclusive")
 
 
 RULE_SETTINGS = {  # RolloutRule field -> the Settings field it comes from
     "canary_share": "rollout_canary_share", "min_queries": "rollout_min_queries", "max_queries": "rollout_max_queries",
     "alpha": "rollout_alpha", "tau": "rollout_mixture_sd", "max_format_error_increase": "rollout_max_format_error_increase",
+    "extend_queries": "rollout_extend_queries", "attribution_window_s": "rollout_attribution_window_s",
 }
 
 
@@ -83,6 +95,13 @@ class RolloutRule:
     alpha: float = _default("alpha")
     tau: float = _default("tau")
     max_format_error_increase: float = _default("max_format_error_increase")
+    extend_queries: int = _default("extend_queries")
+    attribution_window_s: float = _default("attribution_window_s")
+
+    @property
+    def budget(self) -> int:
+        """Candidate-arm queries at which a canary without a significant result ends inconclusive."""
+        return self.max_queries + self.extend_queries
 
     @classmethod
     def from_settings(cls, s) -> "RolloutRule":
@@ -91,10 +110,19 @@ class RolloutRule:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm's evidence: the wire's summary and the test's sufficient statistics of reward per query."""
+    """One arm's evidence: the wire's summary and the test's sufficient statistics.
+
+    ``reward`` (and ``format_error``) are per-query means with the per-user variance
+    (:func:`arm_of_users`); ``format_error`` None: a Bernoulli variance from the evidence's rate.
+    ``reward_iid`` (optional): the same mean with the iid variance, recorded beside the per-user
+    one to show what the unit changes. ``covariate`` (optional): per-user (queries, reward sum,
+    covariate sum) for CUPED; None in either arm: reward unadjusted."""
 
     evidence: ArmEvidence
     reward: ArmStats
+    format_error: ArmStats | None = None
+    reward_iid: ArmStats | None = None
+    covariate: tuple[Unit, ...] | None = None
 
 
 GUARDRAIL_TAU = 0.1  # mixture sd of the format-error difference: effects of a few points to a few tens
@@ -105,27 +133,89 @@ def _bernoulli_var(rate: float, n: int) -> float:
     return rate * (1.0 - rate) * n / (n - 1) if n > 1 else 0.0
 
 
+def arm_of_users(rows: Sequence[dict]) -> Arm:
+    """One arm from its per-user rows (``warehouse.arm_users``: queries, reward_sum, reward_sq_sum,
+    revenue_sum, format_errors; optional ``covariate_sum``).
+
+    Why per user: the router assigns users, so the user is the unit whose outcomes are independent;
+    :func:`sequential.clustered` gives the mean per query with that variance. A covariate is used
+    only when every row carries one (the warehouse stores none yet: docs/rollout.md)."""
+    rows = [r for r in rows if int(r["queries"]) > 0]
+    n = sum(int(r["queries"]) for r in rows)
+    if n == 0:
+        return Arm(ArmEvidence(queries=0, users=0), ArmStats(0, 0.0, 0.0))
+    reward = clustered((int(r["queries"]), float(r["reward_sum"])) for r in rows)
+    errors = clustered((int(r["queries"]), float(r["format_errors"])) for r in rows)
+    sq = sum(float(r["reward_sq_sum"]) for r in rows)
+    iid = ArmStats(n, reward.mean, max(0.0, (sq - n * reward.mean ** 2) / (n - 1)) if n > 1 else 0.0)
+    ev = ArmEvidence(queries=n, users=len(rows), revenue_per_query=sum(float(r["revenue_sum"]) for r in rows) / n,
+                     reward_per_query=reward.mean, format_error_rate=errors.mean)
+    cov = None
+    if all(r.get("covariate_sum") is not None for r in rows):
+        cov = tuple(Unit(int(r["queries"]), float(r["reward_sum"]), float(r["covariate_sum"])) for r in rows)
+    return Arm(ev, reward, errors, iid, cov)
+
+
+def _guardrail(rule: RolloutRule, stable: Arm, candidate: Arm) -> MsprtResult:
+    """The format-error guardrail as a sequential test: the candidate's rate, less the margin,
+    against the stable's, so that a few more errors in a small canary do not end it."""
+    # (a raw comparison once rolled back a candidate at 4 errors in 26 against 3 in 38)
+    def stats(a: Arm) -> ArmStats:
+        n, rate = a.evidence.queries, a.evidence.format_error_rate or 0.0
+        return a.format_error or ArmStats(n, rate, _bernoulli_var(rate, n))
+
+    c = stats(candidate)
+    return msprt(ArmStats(c.n, c.mean - rule.max_format_error_increase, c.var), stats(stable), GUARDRAIL_TAU, rule.alpha)
+
+
+def _primary(rule: RolloutRule, stable: Arm, candidate: Arm) -> tuple[MsprtResult, dict[str, float]]:
+    """The mSPRT on reward per query, CUPED-adjusted when both arms carry a covariate; the extra
+    statistics recorded with it (the unadjusted interval beside the adjusted one, so the record
+    shows what the adjustment bought; the iid variance beside the per-user one)."""
+    r = msprt(candidate.reward, stable.reward, rule.tau, rule.alpha)
+    extra: dict[str, float] = {}
+    if candidate.reward_iid is not None and stable.reward_iid is not None:
+        extra["variance_iid"] = msprt(candidate.reward_iid, stable.reward_iid, rule.tau, rule.alpha).variance
+    if candidate.covariate is None or stable.covariate is None:
+        return r, extra
+    s_adj, c_adj, theta = cuped_arms(stable.covariate, candidate.covariate)
+    extra |= {"cuped_theta": theta, "unadjusted_diff": r.diff, "unadjusted_ci_low": r.ci_low, "unadjusted_ci_high": r.ci_high}
+    return msprt(c_adj, s_adj, rule.tau, rule.alpha), extra
+
+
+def _arms_text(stable: Arm, candidate: Arm) -> str:
+    s, c = stable.evidence, candidate.evidence
+    return f"candidate {c.queries} queries / {c.users} users, stable {s.queries} / {s.users}"
+
+
 def decide(rule: RolloutRule, stable: Arm, candidate: Arm) -> tuple[str | None, str, dict[str, float]]:
-    """``(state, reason, test statistics)``; state is None while the canary goes on."""
+    """``(state, reason, test statistics)``; state is None while the canary goes on.
+
+    States: ``rolled_back`` (guardrail failed, or reward significantly lower), ``promoted``
+    (reward significantly higher), ``inconclusive`` (the budget ``max_queries + extend_queries``
+    ended without either). Never a decision by the point estimate: that would promote about
+    half of the candidates no better than the stable version."""
     n_c, n_s = candidate.evidence.queries, stable.evidence.queries
     if n_c < rule.min_queries or n_s < rule.min_queries:
         return None, f"waiting: {n_c} and {n_s} queries, {rule.min_queries} needed per arm", {}
-    fe_c, fe_s = candidate.evidence.format_error_rate or 0.0, stable.evidence.format_error_rate or 0.0
-    r = msprt(candidate.reward, stable.reward, rule.tau, rule.alpha)
-    # the guardrail is a sequential test too: the candidate's rate, less the margin, against the
-    # stable's (a raw comparison rolled back a candidate at 4 errors in 26 against 3 in 38)
-    g = msprt(ArmStats(n_c, fe_c - rule.max_format_error_increase, _bernoulli_var(fe_c, n_c)), ArmStats(n_s, fe_s, _bernoulli_var(fe_s, n_s)), GUARDRAIL_TAU, rule.alpha)
-    test = r.as_dict() | {f"format_error_{k}": v for k, v in g.as_dict().items()}
+    g = _guardrail(rule, stable, candidate)
+    r, extra = _primary(rule, stable, candidate)
+    test = r.as_dict() | {f"format_error_{k}": v for k, v in g.as_dict().items()} | extra
+    test = {k: v for k, v in test.items() if math.isfinite(v)}  # an unbounded interval is left out: the wire's JSON has no inf
+    cuped = " (CUPED)" if "cuped_theta" in extra else ""
+    estimate = f"reward per query {r.diff:+.2f}{cuped}, {1 - rule.alpha:.0%} confidence sequence {r.ci_low:+.2f}..{r.ci_high:+.2f}, always-valid p {r.p_value:.4f}"
+    arms = _arms_text(stable, candidate)
     if g.reject and g.diff > 0:
+        fe_c, fe_s = candidate.evidence.format_error_rate or 0.0, stable.evidence.format_error_rate or 0.0
         return "rolled_back", (f"guardrail: format-error rate {fe_c:.3f} exceeds stable {fe_s:.3f} by more than {rule.max_format_error_increase} "
-                               f"(always-valid p {g.p_value:.4f} <= {rule.alpha})"), test
+                               f"(always-valid p {g.p_value:.4f} <= {rule.alpha}); {estimate}; {arms}"), test
     if r.reject:
-        state = "promoted" if r.diff > 0 else "rolled_back"
-        return state, f"mSPRT: reward per query differs by {r.diff:+.2f} (always-valid p {r.p_value:.4f} <= {rule.alpha}; CI {r.ci_low:+.2f}..{r.ci_high:+.2f})", test
+        return ("promoted" if r.diff > 0 else "rolled_back"), f"mSPRT: {estimate} <= {rule.alpha}; {arms}", test
+    if n_c >= rule.budget:
+        return "inconclusive", f"inconclusive at {n_c} queries (budget {rule.budget}): {estimate} > {rule.alpha}; {arms}", test
     if n_c >= rule.max_queries:
-        state = "promoted" if r.diff > 0 else "rolled_back"
-        return state, f"maximum sample ({n_c} >= {rule.max_queries} queries) without significance: point estimate {r.diff:+.2f} decides", test
-    return None, f"continuing: difference {r.diff:+.2f}, always-valid p {r.p_value:.3f}", test
+        return None, f"extended: no significant result at {rule.max_queries} queries, continuing up to {rule.budget}: {estimate}; {arms}", test
+    return None, f"continuing: {estimate}; {arms}", test
 
 
 class DecisionStore:
@@ -135,15 +225,11 @@ class DecisionStore:
         self.client = client
         self.lock = threading.Lock()
 
-    def arms(self, versions: list[str], since: datetime) -> dict[str, Arm]:
+    def arms(self, versions: list[str], since: datetime, until: datetime) -> dict[str, Arm]:
+        """Each version's :class:`Arm` over its answers written in ``[since, until)``, per user."""
         with self.lock:
-            rows = warehouse.arm_metrics(self.client, versions, since)
-        out = {v: Arm(ArmEvidence(queries=0), ArmStats(0, 0.0, 0.0)) for v in versions}
-        for version, r in rows.items():
-            n, var = int(r["queries"]), r["reward_var"]
-            ev = ArmEvidence(queries=n, revenue_per_query=float(r["revenue_per_query"]), reward_per_query=float(r["reward_per_query"]), format_error_rate=float(r["format_error_rate"]))
-            out[version] = Arm(ev, ArmStats(n, float(r["reward_per_query"]), float(var) if var == var and n > 1 else 0.0))
-        return out
+            rows = warehouse.arm_users(self.client, versions, since, until)
+        return {v: arm_of_users(rows.get(v, [])) for v in versions}
 
     def record(self, event: RolloutEvent) -> None:
         sql = (
@@ -281,7 +367,8 @@ class RolloutController:
 
     def _evaluate(self, cur: RolloutEvent) -> RolloutEvent | None:
         stable, cand = cur.stable_version, cur.candidate_version
-        arms = self.store.arms([stable, cand], self._canary_since(cand))
+        until = datetime.now(timezone.utc) - timedelta(seconds=self.rule.attribution_window_s)  # younger answers may still get clicks
+        arms = self.store.arms([stable, cand], self._canary_since(cand), until)
         state, reason, test = decide(self.rule, arms[stable], arms[cand])
         if state is None:
             log_event(log, "canary continues", service=self.name, candidate=cand, reason=reason)
@@ -290,8 +377,10 @@ class RolloutController:
         eid = RolloutEvent.decision_id(stable, cand, state, 0.0)
         if state == "promoted":
             e = RolloutEvent(event_id=eid, stable_version=cand, state="promoted", reason=f"{reason}; previous stable {stable}", decided_by=self.name, evidence=evidence, test=test)
-        else:
-            e = RolloutEvent(event_id=eid, stable_version=stable, candidate_version=cand, candidate_share=0.0, state="rolled_back", reason=reason, decided_by=self.name, evidence=evidence, test=test)
+        else:  # rolled_back or inconclusive: the candidate is out, the stable version stays
+            kept = f"; stable {stable} kept" if state == "inconclusive" else ""
+            e = RolloutEvent(event_id=eid, stable_version=stable, candidate_version=cand, candidate_share=0.0, state=state, reason=reason + kept,
+                             decided_by=self.name, evidence=evidence, test=test)
         return self._decide(e)
 
     def run(self, stop: threading.Event, interval_s: float | None = None) -> int:
@@ -356,4 +445,4 @@ def operator_event(history: list[RolloutEvent], default_stable: str, action: str
     raise ValueError(f"unknown action {action!r}")
 
 
-__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "decide", "operator_event"]
+__all__ = ["Arm", "DecisionStore", "RolloutController", "RolloutRule", "arm_of_users", "decide", "operator_event"]

@@ -71,7 +71,8 @@ class PolicyRouter:
 
     @staticmethod
     def routing_of(event: RolloutEvent) -> Routing:
-        """The routing a rollout event decides (a promoted or rolled-back one has no candidate share)."""
+        """The routing a rollout event decides: only ``canary`` and ``paused`` give the candidate a
+        share; ``promoted``, ``rolled_back`` and ``inconclusive`` send everyone to the stable version."""
         share = event.candidate_share if event.state in ("canary", "paused") else 0.0
         return Routing(event.stable_version, event.candidate_version if share > 0 else None, share, event.routing_salt)
 

@@ -7,7 +7,8 @@ docs/benchmarks.md#warehouse). Inserting the same events again is harmless: the 
 every read below counts deduplicated rows (see :mod:`llm_auction.infra.ddl`).
 
 Reads select from the views (migrations 0003, 0004, 0008) or the per-answer query
-(:func:`answer_rows`, summarized by :func:`policy_metrics` and :func:`arm_metrics`), with bound
+(:func:`answer_rows`, summarized by :func:`policy_metrics`, :func:`arm_metrics` and, per user,
+:func:`arm_users`), with bound
 parameters only (``parameters=``); no SQL is ever built from event data. Revenue everywhere is
 what the clicks paid: a click's ``price`` when its mechanism set one, else its bid (first price).
 """
@@ -314,9 +315,10 @@ ANSWER_COLUMNS = (
 )
 
 
-def _answers_sql(where: str) -> str:
+def _answers_sql(where: str, answered: str = "") -> str:
     """One row per answer (response, deduplicated) that ``where`` selects, applied to responses and
-    clicks alike, with the columns of ``ANSWER_COLUMNS``: revenue (what its clicks pay, ``CHARGE_SQL``),
+    clicks alike, and ``answered`` (when given) applied to responses only (a condition on when the
+    answer was written: its clicks come later and must still count), with the columns of ``ANSWER_COLUMNS``: revenue (what its clicks pay, ``CHARGE_SQL``),
     expected revenue (the same charge x the simulator's click probability over its decisions: the
     revenue before the click draw, with far less variance; a decision without a probability counts
     0), Eq. 8's reward with the observed clicks (revenue - 10 n_ads^2 - 500 format_error), clicks,
@@ -336,7 +338,7 @@ def _answers_sql(where: str) -> str:
         SELECT query_id, policy_version, user_id, toInt64(n_ads) AS n_ads, toInt64(format_error) AS format_error,
                toInt64(generations) AS generations, toInt64(generated_tokens) AS generated_tokens, toFloat64(generation_s) AS generation_s
         FROM {DATABASE}.responses FINAL
-        WHERE {where}
+        WHERE {where}{f" AND {answered}" if answered else ""}
     ) AS r
     LEFT JOIN
     (
@@ -444,6 +446,45 @@ def arm_metrics(client, versions: Sequence[str], since: datetime) -> dict[str, d
     (the rollout controller's arms); a version without answers is absent."""
     params = {"versions": list(versions), "since": _utc(since)}
     return {r.pop("policy_version"): r for r in _rows(client, ARMS_SQL, "read the rollout arms", params)}
+
+
+# The rollout controller's arms per user: answers since the canary began (``since``) whose
+# attribution window has closed (written before ``until``; filtered on responses only).
+ARM_USERS_WHERE = "policy_version IN {versions:Array(String)} AND ts >= {since:DateTime64(3, 'UTC')}"
+ARM_USERS_ANSWERED = "ts < {until:DateTime64(3, 'UTC')}"
+
+
+def _arm_users_sql() -> str:
+    """Per (policy_version, user_id), the answers of :func:`_answers_sql` summed: ``queries``,
+    ``reward_sum``, ``reward_sq_sum`` (sum of squares, for the iid variance beside the per-user
+    one), ``revenue_sum``, ``format_errors``, ``ads``. Sums per user, not per version, because the
+    user is the randomization unit: the controller's variance is computed over users."""
+    return f"""
+SELECT policy_version, user_id, count() AS queries, sum(reward) AS reward_sum, sum(reward * reward) AS reward_sq_sum,
+       sum(revenue) AS revenue_sum, sum(format_error) AS format_errors, sum(n_ads) AS ads
+FROM
+({_answers_sql(ARM_USERS_WHERE, ARM_USERS_ANSWERED)})
+GROUP BY policy_version, user_id
+ORDER BY policy_version, user_id
+"""
+
+
+ARM_USERS_SQL = _arm_users_sql()
+
+
+def arm_users(client, versions: Sequence[str], since: datetime, until: datetime) -> dict[str, list[dict]]:
+    """Per version of ``versions``, one dict per user (the columns of :func:`_arm_users_sql` and
+    ``user_id``) over its answers written in ``[since, until)``; a version without answers is absent.
+
+    ``until`` is the attribution cut-off (the controller passes now less
+    ``LLMA_ROLLOUT_ATTRIBUTION_WINDOW_S``): an answer younger than that may still get clicks, and
+    counted now it would count as no revenue. Clicks are not cut: a counted answer's clicks count
+    whenever they arrived."""
+    params = {"versions": list(versions), "since": _utc(since), "until": _utc(until)}
+    out: dict[str, list[dict]] = {}
+    for r in _rows(client, ARM_USERS_SQL, "read the rollout arms per user", params):
+        out.setdefault(r.pop("policy_version"), []).append(r)
+    return out
 
 
 def revenue_per_minute(client, since: datetime | None = None) -> list[dict]:

@@ -11,11 +11,12 @@ epoch the stable policy (the base model) serves ``serve_queries`` test queries. 
    registry and announced on ``auction.policy-versions`` (``producers.versions.announce``);
 3. **canary**: the responder verifies and hot-loads the version; the rollout controller starts a
    canary at ``canary_share``; test queries are replayed in chunks, the controller looks after
-   each chunk, until it promotes or rolls back. Its rule is the service's (mSPRT on reward per
-   query, format-error guardrail) with the minimum and maximum sample sized to this run's budget;
+   each chunk, until it promotes, rolls back or ends inconclusive. Its rule is the service's (mSPRT
+   on reward per query over users, format-error guardrail) with the minimum, maximum and extension
+   sized to this run's budget;
 4. a row per version of what that canary served (ClickHouse, by the replay's query ids).
 
-The promoted version is the stable policy of the next epoch; a rolled-back one is not.
+The promoted version is the stable policy of the next epoch; a rolled-back or inconclusive one is not.
 """
 
 from __future__ import annotations
@@ -147,11 +148,14 @@ def run_loop(p: embedded.Pipeline, world, model_path: Path, o: LoopOptions, step
 def canary_rule(s, o: LoopOptions):
     """The service's rollout rule with this run's share and a sample sized to its budget: the smaller
     arm expects ``canary_queries x share`` queries, and its maximum sits below that (the hash splits
-    users, not queries, exactly), so the controller decides within the budget."""
+    users, not queries, exactly), its one extension by half as much again below the loop's extended
+    budget, so the controller decides within it. No attribution window: ``embedded.serve`` returns
+    once every answer's clicks are in the warehouse."""
     from llm_auction.consumers.rollout_controller import RolloutRule
 
     per_arm = max(o.min_queries, int(0.7 * o.canary_queries * min(o.canary_share, 1 - o.canary_share)))
-    return replace(RolloutRule.from_settings(s), canary_share=o.canary_share, min_queries=min(o.min_queries, per_arm), max_queries=per_arm)
+    return replace(RolloutRule.from_settings(s), canary_share=o.canary_share, min_queries=min(o.min_queries, per_arm), max_queries=per_arm,
+                   extend_queries=per_arm // 2, attribution_window_s=0.0)
 
 
 def retrain_reward(p: embedded.Pipeline, o: LoopOptions, step: Step, t: int):
@@ -204,7 +208,10 @@ def irpo_epoch(p: embedded.Pipeline, world, model_path: Path, parent: str, rewar
 
 
 def canary(p: embedded.Pipeline, world, controller, version: str, o: LoopOptions, step: Step, t: int, run_tag: str) -> tuple[str, list[str]]:
-    """Canary ``version`` until the controller decides or the budget ends; (decision, replay tags)."""
+    """Canary ``version`` until the controller decides (promoted, rolled_back or inconclusive) or the
+    budget ends; (decision, replay tags)."""
+    from llm_auction.consumers.rollout_controller import TERMINAL
+
     decision = controller.step()  # the announcement: a canary starts
     if decision is None or decision.candidate_version != version:
         raise RuntimeError(f"the controller did not start a canary of {version} (current: {controller.current})")
@@ -223,7 +230,7 @@ def canary(p: embedded.Pipeline, world, controller, version: str, o: LoopOptions
         tags.append(tag)
         sent += n
         made = controller.step()
-        if made is not None and made.state in ("promoted", "rolled_back"):
+        if made is not None and made.state in TERMINAL:
             step("controller decided", epoch=t, state=made.state, reason=made.reason)
             return made.state, tags
     return "undecided", tags

@@ -24,8 +24,9 @@ __all__ = ["SCHEMA_VERSION", "Ad", "CandidateAd", "Candidates", "UserProfile", "
 #    response its shown ad ids as one string (schemas/ads.py AdIdList);
 # 5: a rollout event states the routing it decides (stable, candidate, share, state) and its evidence;
 # 6: a response carries its mechanism's cost (generations, generated tokens, seconds) and per-click
-#    prices, a click its price (absent on older events: first price, the bid).
-SCHEMA_VERSION = 6
+#    prices, a click its price (absent on older events: first price, the bid);
+# 7: a rollout may end ``inconclusive`` and its evidence counts users.
+SCHEMA_VERSION = 7
 
 
 def _now() -> datetime:
@@ -217,15 +218,18 @@ class PctrVersion(Event):
 
 
 class ArmEvidence(_Model):
-    """What one arm (policy version) of a rollout had earned when the decision was made."""
+    """What one arm (policy version) of a rollout had earned when the decision was made: its
+    answered queries and the distinct users who asked them (the randomization unit), and the
+    per-query means. ``users`` is 0 in decisions recorded before it was counted."""
 
     queries: int = Field(ge=0, default=0)
+    users: int = Field(ge=0, default=0)
     revenue_per_query: float | None = None
     reward_per_query: float | None = None
     format_error_rate: float | None = None
 
 
-RolloutState = Literal["canary", "promoted", "rolled_back", "paused"]
+RolloutState = Literal["canary", "promoted", "rolled_back", "inconclusive", "paused"]
 _ROLLOUT_IDS = "7d3f9b1e-5a0c-4c55-9d0e-2f6b8a41c3d7"
 
 
@@ -236,9 +240,12 @@ class RolloutEvent(Event):
     with ``salt``) falls below ``candidate_share`` and ``stable_version`` to everyone else
     (``consumers/routing.py``). ``state``: ``canary`` (the candidate serves its share),
     ``promoted`` (the candidate became ``stable_version``; share 0, no candidate), ``rolled_back``
-    (share 0, the candidate is out), ``paused`` (the shares stay as they are, the controller
-    stops deciding). ``evidence`` holds each arm's queries and metrics at ``decided_at``, keyed
-    by version; ``test`` the sequential test's statistics (``consumers/sequential.py``).
+    (share 0, the candidate is out), ``inconclusive`` (routed as ``rolled_back``: the canary's
+    budget ended without a significant difference, so the stable version stays and the candidate
+    is out; not a verdict that it is worse), ``paused`` (the shares stay as they are, the controller
+    stops deciding). ``evidence`` holds each arm's queries, users and metrics at ``decided_at``,
+    keyed by version; ``test`` the sequential test's statistics (``consumers/sequential.py``:
+    estimate ``diff``, confidence sequence ``ci_low``..``ci_high``, ``p_value``, ...).
 
     Identity: :meth:`decision_id` derives ``event_id`` from the decision, so a restarted
     controller that decides again sends the same id, which readers and the warehouse keep once.

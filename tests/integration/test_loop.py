@@ -58,7 +58,7 @@ def test_two_epochs_of_the_loop(tiny_model_dir, small_world, tmp_path):
         manifest = json.loads((registry / new["version"] / "manifest.json").read_text())
         assert manifest["parent"] == (None if stable == "base" else stable)  # trained from the epoch's stable policy
         assert new["reward_model"] == manifest["extra"]["pctr_version"]
-        assert new["decision"] in ("promoted", "rolled_back", "undecided")
+        assert new["decision"] in ("promoted", "rolled_back", "inconclusive", "undecided")
         served = old["metrics"].get("queries", 0) + new["metrics"].get("queries", 0)
         assert served in chunk_ends  # whole chunks, within the budget
         if new["decision"] == "undecided":
@@ -71,7 +71,7 @@ def test_two_epochs_of_the_loop(tiny_model_dir, small_world, tmp_path):
     assert snap["totals"]["queries"] == snap["totals"]["responses"] == answered
     decisions = snap["rollout"]["decisions"][::-1]  # oldest first
     assert [d["state"] for d in decisions if d["state"] == "canary"] == ["canary", "canary"]
-    terminal = [(d["version"], d["state"]) for d in decisions if d["state"] in ("promoted", "rolled_back")]
+    terminal = [(d["version"], d["state"]) for d in decisions if d["state"] in ("promoted", "rolled_back", "inconclusive")]
     expected = [(r["version"], r["decision"]) for r in rows if r["role"] == "candidate" and r["decision"] != "undecided"]
     assert terminal == expected  # each decided once, as the table says
     assert len({d["decision_id"] for d in decisions}) == len(decisions)

@@ -38,7 +38,8 @@ def wait_for(cond, timeout_s: float = 20.0, what: str = ""):
 
 
 def synthetic_arm(version: str, n: int, click_rate: float, since: datetime, seed: int):
-    """``n`` answered queries of ``version`` with one exposed ad (bid 50) clicked at ``click_rate``."""
+    """``n`` answered queries of ``version``, each by a user of its own (the controller's unit is
+    the user), with one exposed ad (bid 50) clicked at ``click_rate``."""
     import random
 
     from llm_auction.schemas import ClickEvent, ResponseEvent
@@ -47,7 +48,8 @@ def synthetic_arm(version: str, n: int, click_rate: float, since: datetime, seed
     resps, clicks = [], []
     for i in range(n):
         ts = since + timedelta(milliseconds=10 * i + 5)
-        q = make_queries(1, seed=seed * 10_000 + i, n_candidates=3)[0].model_copy(update={"ts": ts, "query_id": f"{version}-q{i}"})
+        q = make_queries(1, seed=seed * 10_000 + i, n_candidates=3)[0]
+        q = q.model_copy(update={"ts": ts, "query_id": f"{version}-q{i}", "user": q.user.model_copy(update={"user_id": f"{version}-u{i}"})})
         ad = q.candidates[0]
         r = ResponseEvent.for_query(q, event_id=f"{version}-r{i}", ts=ts, policy_version=version, text=f"@{ad.title}@[{ad.ad_id}]", exposed_ad_ids=[ad.ad_id], n_ads=1)
         resps.append(r)
@@ -94,7 +96,7 @@ def test_rollout_canary_decision_rollback_and_a_tampered_version(tiny_model_dir,
         return {o.event.user.user_id: o.event.policy_version for o in out.outputs}
 
     def controller():
-        rule = RolloutRule(canary_share=0.3, min_queries=100, max_queries=5000, alpha=0.05, tau=10.0)
+        rule = RolloutRule(canary_share=0.3, min_queries=100, max_queries=5000, alpha=0.05, tau=10.0, attribution_window_s=0.0)
         return RolloutController(settings, kafka_bootstrap, clickhouse_client, producer, rule=rule, policy_topic=pv, rollout_topic=ro).start()
 
     try:
@@ -117,6 +119,7 @@ def test_rollout_canary_decision_rollback_and_a_tampered_version(tiny_model_dir,
             resps, clicks = synthetic_arm(version, 150, rate, since, seed)
             insert_responses(clickhouse_client, resps)
             insert_clicks(clickhouse_client, clicks)
+        time.sleep(max(0.0, (since + timedelta(seconds=2) - datetime.now(timezone.utc)).total_seconds()))  # every synthetic answer in the past
         decision = ctl.step()
         assert decision.state == "rolled_back" and decision.candidate_version == v1.version and decision.stable_version == "base"
         assert decision.evidence[v1.version].queries >= 150 and decision.evidence["base"].reward_per_query > decision.evidence[v1.version].reward_per_query

@@ -216,3 +216,17 @@ def test_a_warehouse_migrated_before_0008_moves_to_it_once_and_reads_its_older_r
     # and today's events land beside them: the slot answer pays its price
     sink(client, answer("b.run3.s1", "slot", ["Ad-0004"], {"Ad-0004": (True, 0.5)}, prices=[12.5], generated_tokens=64))
     assert {r["policy_version"]: r["revenue"] for r in warehouse.revenue_by_policy(client)} == {"slot": 12.5, "v-old": 17.0}
+
+
+def test_arm_users_sums_per_user_and_cuts_answers_at_the_attribution_window(clickhouse_client):
+    sink(clickhouse_client, traffic())
+    # slot's s2 was written 70 s after the others: an attribution cut at T + 60 s leaves it out, its click with it
+    rows = warehouse.arm_users(clickhouse_client, ["slot", "mosaic:4", "v-old"], T, T + timedelta(seconds=60))
+    got = {v: {r["user_id"]: (r["queries"], r["reward_sum"], r["format_errors"]) for r in rs} for v, rs in rows.items()}
+    assert got == {
+        "slot": {"u0": (1, 1.0 - 10.0, 0), "u1": (1, -36.5, 0)},  # x1 (another run, same arm: user u0) and s1; s2 not yet
+        "mosaic:4": {"u0": (1, 7.0, 0), "u3": (1, -500.0, 1)},
+        "v-old": {"u0": (2, 40.0, 0)},  # o1 and o2: one user, two queries
+    }
+    later = warehouse.arm_users(clickhouse_client, ["slot"], T, T + timedelta(seconds=120))
+    assert {r["user_id"]: r["queries"] for r in later["slot"]} == {"u0": 1, "u1": 1, "u2": 1}

@@ -66,7 +66,7 @@ def test_a_click_pays_its_price_else_its_bid():
 def test_version_6_round_trips_the_cost_and_prices():
     r = response(prices=[7.0, 3.5], generations=4, generated_tokens=512, generation_s=1.25)
     back = decode(encode(r), ResponseEvent)
-    assert back == r and back.schema_version == SCHEMA_VERSION == 6
+    assert back == r and back.schema_version == SCHEMA_VERSION == 7
     assert (back.generations, back.generated_tokens, back.generation_s, back.prices) == (4, 512, 1.25, [7.0, 3.5])
     c = ClickEvent(query_id="q1", ad_id="Ad-0001", clicked=True, policy_version="slot", user_id="u1", bid=40, price=7.0)
     assert decode(encode(c), ClickEvent) == c

@@ -43,3 +43,6 @@ def test_rollout_events_set_the_routing():
     assert set(r.versions_for(USERS)) == {"base"} and r.state.serving() == {"base"}
     r.apply(RolloutEvent(stable_version="c", state="promoted"))
     assert set(r.versions_for(USERS)) == {"c"} and r.stable == "c"
+    # inconclusive routes like rolled_back: the candidate is out, whatever share the event names
+    r.apply(RolloutEvent(stable_version="c", candidate_version="d", candidate_share=0.3, state="inconclusive"))
+    assert set(r.versions_for(USERS)) == {"c"} and r.state == Routing("c", None, 0.0, "d")

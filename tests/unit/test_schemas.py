@@ -39,7 +39,7 @@ def test_catalog_has_100_ads_over_50_categories_with_unique_ids_and_paper_ads():
 def test_round_trip_keeps_every_field():
     q = _query()
     back = decode(encode(q), QueryEvent)
-    assert back == q and back.event_id == q.event_id and back.schema_version == SCHEMA_VERSION == 6
+    assert back == q and back.event_id == q.event_id and back.schema_version == SCHEMA_VERSION == 7
     assert back.bids() == {"Ad-4820": 42}
 
 
@@ -280,6 +280,10 @@ def test_rollout_event_states_the_decision_and_reads_the_older_form():
     assert old.decided_at == old.ts
     pro = decode(json.dumps({"schema_version": 4, "action": "promote", "policy_version": "policy-0002"}), RolloutEvent)
     assert (pro.stable_version, pro.candidate_version, pro.state) == ("policy-0002", None, "promoted")
+    done = RolloutEvent(stable_version="base", candidate_version="policy-0001", state="inconclusive", reason="inconclusive at 7500 queries",
+                        evidence={"base": ArmEvidence(queries=9000, users=800, reward_per_query=-1.0)}, test={"diff": 0.4, "ci_low": -2.0, "ci_high": 2.8})
+    assert decode(encode(done), RolloutEvent) == done and done.evidence["base"].users == 800
+    assert decode(json.dumps({"queries": 3}), ArmEvidence).users == 0  # evidence recorded before users were counted
     for bad in ({"stable_version": "a", "state": "canary", "candidate_share": 0.2}, {"stable_version": "a", "candidate_version": "a", "state": "canary"},
                 {"stable_version": "a", "state": "done"}, {"schema_version": 4, "action": "explode", "policy_version": "a"},
                 {"stable_version": "a", "candidate_version": "b", "state": "canary", "candidate_share": 1.5}):
