@@ -39,9 +39,9 @@ def candidate_picker(settings: Settings, encoder=None):
     return picker(settings.candidates_k, encoder)
 
 
-def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, producer, stop) -> StreamService:
+def _service(settings: Settings, bootstrap: str, cfg: ServiceConfig, handler, producer, stop, **consumer_overrides) -> StreamService:
     cfg.fault_timeout_s = settings.service_fault_timeout_s
-    consumer = make_consumer(settings, bootstrap, cfg.group_id, list(cfg.topics), max_poll_records=max(cfg.batch_size, 1))
+    consumer = make_consumer(settings, bootstrap, cfg.group_id, list(cfg.topics), max_poll_records=max(cfg.batch_size, 1), **consumer_overrides)
     return StreamService(cfg, handler, consumer, producer, stop)
 
 
@@ -57,7 +57,8 @@ def responder_service(settings: Settings, bootstrap: str, producer, backend, pic
         control.arm_problem = arms.problem  # a rollout to an arm this responder cannot build is refused, not crashed on
     handler = ResponderHandler(backend, load_catalog(), router, pick, control, arms=arms)
     cfg = ServiceConfig("responder", "llma-responder", {QUERIES: QueryEvent}, batch_size=settings.adllm_batch_size, batch_max_wait_s=0.2)
-    return _service(settings, bootstrap, cfg, handler, producer, stop)
+    # a batch of a best-of-N arm may outlast kafka-python's 300 s between polls (LLMA_RESPONDER_MAX_BATCH_S)
+    return _service(settings, bootstrap, cfg, handler, producer, stop, max_poll_interval_ms=int(settings.responder_max_batch_s * 1000))
 
 
 def responder_control(settings: Settings, bootstrap: str, backend, producer, **topics) -> ControlFollower:

@@ -68,6 +68,7 @@ class ControlFollower:
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._seen_versions: dict[str, str | None] = {}  # the follower thread's: version -> sha256 queued
         self.rollouts_read: set[str] = set()  # event ids of the rollout events read (see wait_read)
+        self.versions_read: set[str] = set()  # policy versions read and queued for the responder (see wait_version_read)
         # policy versions first in a poll: a rollout read with its version finds it queued
         self.follower = TopicFollower(settings, bootstrap, list(self.topics), self._read, name=f"{name}-control", poll_timeout_ms=poll_timeout_ms)
 
@@ -107,20 +108,30 @@ class ControlFollower:
             self.rollouts_read.add(event.event_id)
             return
         if self._seen_versions.get(event.version, "-") == event.sha256:
+            self.versions_read.add(event.version)
             return  # the same version announced again (a retried announcement): nothing new
         self._seen_versions[event.version] = event.sha256
         try:
             verify_folder(event.uri, event.sha256)
         except ArtifactMismatch as e:
             self._inbox.put(("refused", (event, f"policy version {event.version} refused: {e}")))
-            return
-        self._inbox.put(("verified", event))
+        else:
+            self._inbox.put(("verified", event))
+        self.versions_read.add(event.version)
 
     def wait_read(self, rollout_event_id: str, timeout_s: float = 30.0) -> bool:
         """Wait until the follower read the rollout event ``rollout_event_id`` (it applies at the
         responder's next batch); False on timeout. For a caller that just sent a decision and is
         about to send traffic that the decision should route (``llm-auction loop``)."""
         return self.follower.wait_until(lambda: rollout_event_id in self.rollouts_read, timeout_s)
+
+    def wait_version_read(self, version: str, timeout_s: float = 60.0) -> bool:
+        """Wait until the follower read (and verified or refused) an announcement of ``version``;
+        False on timeout. A caller that announces a version and then routes to it sends the rollout
+        after this, so the responder loads the version before it applies the routing: the inbox is
+        in reading order, and a rollout read first would wait for the version while a batch goes
+        to the old routing."""
+        return self.follower.wait_until(lambda: version in self.versions_read, timeout_s)
 
     # -- the responder's thread ----------------------------------------------------------------
     def apply_pending(self) -> None:

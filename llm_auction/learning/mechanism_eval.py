@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,13 +214,18 @@ def serve_arm(p: embedded.Pipeline, world, registry, arm: str, o: EvalOptions, s
     """Route every user to ``arm`` and replay the queries through the pipeline; returns the run id."""
 
     def serve() -> dict[str, Any]:
+        from llm_auction.infra import warehouse
         from llm_auction.producers.versions import announce
         from llm_auction.schemas import RolloutEvent, encode
 
-        run_id = f"eval-{_safe(arm).replace('.', '-')}"
+        # one run id per attempt: an attempt cut short leaves answers under its own id, never mixed with the one kept
+        run_id = f"eval-{_safe(arm).replace('.', '-')}-{uuid.uuid4().hex[:6]}"
         kind, _, version = arm.partition(":")
         if kind == "policy":
-            announce(registry, registry.get(version), p.producer)  # the responder verifies and loads it (a repeat is a no-op)
+            # sent even if announced before: this process's broker may be a new one (the embedded broker is memory only)
+            announce(registry, registry.get(version), p.producer, again=True)
+            if not p.control.wait_version_read(version, timeout_s=120):
+                raise TimeoutError(f"the responder did not read the announcement of {version}")
         event = RolloutEvent(event_id=RolloutEvent.decision_id(arm, None, "promoted", 0.0, run_id + str(o.seed)), stable_version=arm,
                              state="promoted", decided_by="eval", reason=f"evaluation: every user to {arm}")
         p.producer.send(EVAL_ROLLOUT, key=b"eval", value=encode(event))
@@ -228,6 +234,9 @@ def serve_arm(p: embedded.Pipeline, world, registry, arm: str, o: EvalOptions, s
             raise TimeoutError(f"the responder did not read the evaluation's routing to {arm}")
         step("serving", arm=arm, queries=o.queries)
         embedded.serve(p, world, o.queries, seed=o.seed, run_id=run_id, split=o.split)
+        served = warehouse.policy_metrics(p.client, [run_id])
+        if set(served) != {arm}:  # checked before the stage is kept: a rerun serves it again
+            raise RuntimeError(f"the answers to {arm}'s replay came from {sorted(served)}: the evaluation's routing did not hold")
         return {"run_id": run_id}
 
     return _stage(stages, f"serve-{arm}", serve, step)["run_id"]

@@ -21,13 +21,16 @@ from llm_auction.schemas.topics import POLICY_VERSIONS
 log = logging.getLogger(__name__)
 
 
-def announce(registry, manifest, producer, topic: str = POLICY_VERSIONS, timeout_s: float = 30.0) -> bool:
-    """Send ``manifest``'s ``PolicyVersion`` once: skipped when the registry records it as announced.
+def announce(registry, manifest, producer, topic: str = POLICY_VERSIONS, timeout_s: float = 30.0, *, again: bool = False) -> bool:
+    """Send ``manifest``'s ``PolicyVersion`` once: skipped when the registry records it as announced,
+    unless ``again`` (for a broker that may have lost the history the record refers to: the
+    embedded one keeps topics in memory, so a new process's followers never saw it).
 
-    The event id is deterministic (``Manifest.event_id``), so a crash between the broker's ack
-    and the record re-sends an event the consumers already dedup. Returns whether it was sent now.
+    The event id is deterministic (``Manifest.event_id``), so a crash between the broker's ack and
+    the record, or a send ``again``, re-sends an event the consumers already dedup. Returns whether
+    it was sent now.
     """
-    if registry.is_announced(manifest.version):
+    if registry.is_announced(manifest.version) and not again:
         log_event(log, "policy version already announced", version=manifest.version)
         return False
     event = manifest.to_event()

@@ -98,3 +98,13 @@ def test_a_mechanism_arm_routes_once_its_versions_are_loaded_or_is_refused_when_
     feed(f, POLICY_VERSIONS, v, 3)
     f.apply_pending()
     assert f.router.state == Routing("base", arm, 0.3, arm)
+
+
+def test_a_version_read_is_known_before_a_rollout_to_it_is_sent(tmp_path):
+    f, v = follower(), publish(tmp_path)
+    assert v.version not in f.versions_read
+    feed(f, POLICY_VERSIONS, v)
+    assert v.version in f.versions_read and f.wait_version_read(v.version, timeout_s=0.1)  # queued: loads before a later rollout applies
+    feed(f, ROLLOUT, RolloutEvent(stable_version=f"policy:{v.version}", state="promoted"), 1)
+    f.apply_pending()
+    assert f.router.state == Routing(f"policy:{v.version}")  # one apply: the version loaded, then the routing

@@ -206,3 +206,27 @@ def test_a_crash_while_copying_publishes_nothing(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "pctr").iterdir() if p.name != ".lock"] == []
     monkeypatch.setattr(registry_mod.shutil, "copyfile", real_copy)
     assert reg.publish(artifact(tmp_path, "a", b"a")).version == "pctr-0001"
+
+
+def test_announce_sends_once_unless_asked_again_with_the_same_event_id(tmp_path):
+    from llm_auction.producers.versions import announce
+
+    class Sent:
+        def __init__(self):
+            self.events = []
+
+        def send(self, topic, key=None, value=None):
+            self.events.append((topic, value))
+            return self
+
+        def get(self, timeout=None):
+            return None
+
+        def flush(self, timeout=None):
+            pass
+
+    pol, producer = ModelRegistry(tmp_path / "reg", "policy"), Sent()
+    m = pol.publish(lora_folder(tmp_path / "a"), extra={"policy_kind": "lora"})
+    assert announce(pol, m, producer) and not announce(pol, m, producer)  # once
+    assert announce(pol, m, producer, again=True)  # a new broker's followers never saw it
+    assert len(producer.events) == 2 and producer.events[0] == producer.events[1]  # the same event: consumers dedup it
