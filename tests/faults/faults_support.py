@@ -178,11 +178,11 @@ class TopicWatcher:
         else:
             s.dead.append(decode(r.value, DeadLetter))
 
-    # Not compared: latency_ms (a measurement of the attempt) and click_probability, which the
+    # Not compared: latency_ms and generation_s (measurements of the attempt) and click_probability, which the
     # embedding simulator recomputes on a redelivery from float32 embeddings of another batch
     # (MiniLM's output varies in the last bits with the batch it is encoded in); the drift is
     # recorded in ``probability_drift`` instead. Every field that accounting reads must repeat.
-    NOT_REPEATED = frozenset({"latency_ms", "click_probability"})
+    NOT_REPEATED = frozenset({"latency_ms", "generation_s", "click_probability"})
 
     def _dedupe(self, by_id: dict, ev) -> None:
         first = by_id.setdefault(ev.event_id, ev)
