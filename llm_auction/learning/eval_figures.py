@@ -65,6 +65,7 @@ def answers(client, runs: Mapping[str, str], settings, encoder, queries, world_r
     probs = judge.score(items) if items else []
     for r, (_, _, exposed), p in zip(out, items, probs):
         prices = texts[r["query_id"], r["arm"]]["prices"]  # the query's bids under first price
+        r["exposed_ad_ids"] = list(exposed)
         r["judge_expected_revenue"] = sum(prices[a] * p.get(a, 0.0) for a in exposed)
         r["judge_reward"] = r["judge_expected_revenue"] - _penalty(r)
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in out]

@@ -172,7 +172,7 @@ def run_eval(settings, o: EvalOptions, out: Path, *, step: Step = log_step) -> d
         with embedded.pipeline(settings, backend, step, score=served.score, rollout_topic=EVAL_ROLLOUT) as p:
             runs = {arm: serve_arm(p, world, registry, arm, o, stages, step) for arm in arms}
             rows = _stage(stages, "figures", lambda: eval_figures.answers(p.client, runs, settings, encoder, queries, world.root), step)
-        props = _stage(stages, "properties", lambda: properties(backend, settings, encoder, served, queries, policies, o, step), step) if _sweeps(o) else {}
+        props = _stage(stages, "properties", lambda: properties(backend, settings, encoder, served, queries, policies, o, step, rows), step) if _sweeps(o) else {}
     finally:
         backend.close()
     report = eval_report.build(rows, props, o, arms=arms, served=served.version, settings=settings)
@@ -242,11 +242,27 @@ def serve_arm(p: embedded.Pipeline, world, registry, arm: str, o: EvalOptions, s
     return _stage(stages, f"serve-{arm}", serve, step)["run_id"]
 
 
-def properties(backend, settings, encoder, served, queries, policies: list[str], o: EvalOptions, step: Step) -> dict[str, Any]:
-    """Section 5.4 per version (the base and each policy): monotonicity over ``o.bid_levels``, the
-    continuity curve over ``o.continuity_bids()``, first-price incentives from it, and the slot
-    auction's step on the same query and ad (click probabilities: the training simulator's)."""
+def continuity_pair(shown, rows, seed: int):
+    """The continuity sweep's query and ad: the first query whose pretrained answer exposed an ad,
+    with that ad (a curve of an ad the policy never writes is flat at 0 and shows nothing), else
+    the first query and a seeded candidate."""
     import random
+
+    by_key = {q.query_id.replace(".eval.", "."): q for q in shown}
+    for r in rows:
+        if r["arm"] == "pretrained" and r.get("exposed_ad_ids") and r["key"] in by_key:
+            q = by_key[r["key"]]
+            ad = next((a for a in r["exposed_ad_ids"] if q.candidate(a) is not None), None)
+            if ad is not None:
+                return q, ad
+    return shown[0], random.Random(seed).choice(list(shown[0].candidates.ad_ids))
+
+
+def properties(backend, settings, encoder, served, queries, policies: list[str], o: EvalOptions, step: Step, rows=()) -> dict[str, Any]:
+    """Section 5.4 per version (the base and each policy): monotonicity over ``o.bid_levels``, the
+    continuity curve over ``o.continuity_bids()`` (query and ad: :func:`continuity_pair` from the
+    figures' ``rows``), first-price incentives from it, and the slot auction's step on the same
+    query and ad (click probabilities: the training simulator's)."""
 
     from llm_auction.mechanisms.slot import pre_generation_ctr, rank
     from llm_auction.models.retrieval import candidate_picker
@@ -258,8 +274,7 @@ def properties(backend, settings, encoder, served, queries, policies: list[str],
     click = oracle_pctr(make_user_simulator("embedding", seed=settings.seed, encoder=encoder))
     pick = candidate_picker(settings.candidates_k, encoder)
     shown = [q.model_copy(update={"candidates": Candidates.of(pick(q))}) if pick else q for q in queries]
-    sweep_q = shown[0]
-    ad = random.Random(o.seed).choice(list(sweep_q.candidates.ad_ids))
+    sweep_q, ad = continuity_pair(shown, rows, o.seed)
     bids = o.continuity_bids()
     out: dict[str, Any] = {"query_id": sweep_q.query_id, "ad_id": ad, "continuity_bids": bids, "bid_levels": o.bid_levels, "versions": {}}
     base = settings.policy_version

@@ -82,3 +82,19 @@ def test_the_report_carries_each_swept_versions_spearman_and_writes_its_figures(
     md = (tmp_path / "eval.md").read_text()
     assert "| policy:policy-0002 | 2 | 4.00 [" in md and "pctr-0001" in md and "| pretrained | 0.500 |" in md
     assert (tmp_path / "monotonicity.png").stat().st_size > 1000 and (tmp_path / "continuity.png").stat().st_size > 1000
+
+
+def test_the_continuity_sweep_takes_an_ad_the_pretrained_policy_wrote(small_world):
+    from llm_auction.learning.mechanism_eval import continuity_pair
+    from llm_auction.producers.replay import ReplayConfig, replay_events
+
+    shown = list(replay_events(small_world, ReplayConfig(split="test", limit=3, seed=1, run_id="eval")))
+    key = shown[1].query_id.replace(".eval.", ".")
+    ad = shown[1].candidates.ad_ids[5]
+    rows = [{"arm": "mosaic:20", "key": shown[0].query_id.replace(".eval.", "."), "exposed_ad_ids": [shown[0].candidates.ad_ids[0]]},
+            {"arm": "pretrained", "key": shown[0].query_id.replace(".eval.", "."), "exposed_ad_ids": []},
+            {"arm": "pretrained", "key": key, "exposed_ad_ids": [ad]}]
+    q, a = continuity_pair(shown, rows, seed=0)
+    assert (q.query_id, a) == (shown[1].query_id, ad)
+    q, a = continuity_pair(shown, rows[:2], seed=0)  # nothing exposed: the first query, a seeded candidate
+    assert q is shown[0] and a in shown[0].candidates.ad_ids
