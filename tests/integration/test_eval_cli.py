@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from models_fixtures import tiny_model_dir  # noqa: F401  (session fixture)
@@ -61,14 +62,11 @@ def test_eval_quick_matches_the_stored_events(tiny_model_dir, small_world, tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["mechanisms"] == report["mechanisms"] and again.stderr.count("stage already done") == len(arms) + 2
 
-    # the figures recomputed from the stored events, in this process (the runs are over: chdb admits one process)
-    from llm_auction.infra import warehouse
-    from llm_auction.infra.clickhouse import get_client
-    from llm_auction.schemas.settings import Settings
-
-    client = get_client(Settings(data_dir=data).resolved_clickhouse_url())
+    # the figures recomputed from the stored events, in a process of their own (chdb admits one
+    # data folder per process, and this test process may hold another suite's)
     stages = {a: json.loads((out / "stages" / f"serve-{a.replace(':', '-')}.json").read_text())["run_id"] for a in arms}
-    rows = warehouse.answer_rows(client, list(stages.values()))
+    stored = _stored(data, list(stages.values()))
+    rows = pd.DataFrame(stored["rows"])
     for arm, run_id in stages.items():
         mine = rows[rows["query_id"].str.contains(f".{run_id}.", regex=False)]
         assert set(mine["policy_version"]) == {arm} and len(mine) == 6
@@ -76,10 +74,29 @@ def test_eval_quick_matches_the_stored_events(tiny_model_dir, small_world, tmp_p
         assert by[arm]["expected_revenue_per_query"]["mean"] == pytest.approx(mine["expected_revenue"].mean())
         assert by[arm]["generated_tokens_per_query"]["mean"] == pytest.approx(mine["generated_tokens"].mean())
         assert by[arm]["ads_per_answer"]["mean"] == pytest.approx(mine["n_ads"].mean())
-    bids = client.query(
-        "SELECT replaceRegexpOne(query_id, '\\\\.eval-[^.]+\\\\.', '.') AS key, groupUniqArray(toString(bids)) AS b "
-        "FROM llm_auction.queries FINAL WHERE query_id LIKE '%.eval-%' GROUP BY key"
-    ).result_rows
+    bids = stored["bids"]
     assert len(bids) == 6 and all(len(b) == 1 for _, b in bids)  # the same queries with the same bids for every mechanism
-    prices = client.query("SELECT count(), countIf(price IS NOT NULL AND price <= bid) FROM llm_auction.clicks FINAL WHERE policy_version = 'slot'").result_rows[0]
+    prices = stored["slot_prices"]
     assert prices[0] == prices[1] > 0  # every slot click carries its second price, never above the bid
+
+
+READ_STORED = """
+import json, sys
+from llm_auction.infra import warehouse
+from llm_auction.infra.clickhouse import get_client
+from llm_auction.schemas.settings import Settings
+client = get_client(Settings(data_dir=sys.argv[1]).resolved_clickhouse_url())
+rows = warehouse.answer_rows(client, sys.argv[2:])
+bids = client.query(
+    "SELECT replaceRegexpOne(query_id, '\\\\.eval-[^.]+\\\\.', '.') AS key, groupUniqArray(toString(bids)) AS b "
+    "FROM llm_auction.queries FINAL WHERE query_id LIKE '%.eval-%' GROUP BY key").result_rows
+prices = client.query("SELECT count(), countIf(price IS NOT NULL AND price <= bid) FROM llm_auction.clicks FINAL WHERE policy_version = 'slot'").result_rows[0]
+print(json.dumps({"rows": rows.to_dict(orient="records"), "bids": [list(b) for b in bids], "slot_prices": list(prices)}, default=str))
+"""
+
+
+def _stored(data, run_ids: list[str]) -> dict:
+    """What the warehouse in ``data`` holds for the runs, read by another process."""
+    out = subprocess.run([sys.executable, "-c", READ_STORED, str(data), *run_ids], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
