@@ -28,6 +28,7 @@ import pandas as pd
 from llm_auction.auction import AD_COUNT_PENALTY, FORMAT_ERROR_PENALTY
 
 BASELINE = "pretrained"
+QUERIES_RUN = "eval"  # the run id the evaluation's query events are built under (replay_events); each arm's replay has its own
 
 # (report name, row column): means over queries with intervals
 MEANS = (
@@ -39,24 +40,27 @@ MEANS = (
 PAIRED = ("revenue_per_query", "expected_revenue_per_query", "reward_per_query", "judge_expected_revenue_per_query", "judge_reward_per_query")
 
 
-def answers(client, runs: Mapping[str, str], settings, encoder, queries, world_root) -> list[dict[str, Any]]:
+def replay_key(query_id: str, run_id: str) -> str:
+    """A replayed query's id without its run tag (``<world id>.<run>.<n>`` -> ``<world id>.<n>``):
+    the same query with the same bids in every arm's replay (``producers.replay``)."""
+    return query_id.replace(f".{run_id}.", ".")
+
+
+def answers(client, runs: Mapping[str, str], settings, encoder, queries) -> list[dict[str, Any]]:
     """One dict per answer of each arm's run (``runs``: arm -> run id): the warehouse's per-answer
     figures, the pairing ``key`` (the query id without its run tag: the same query and bids in
-    every arm), and the held-out judge's expected revenue and reward of the stored answer."""
+    every arm), and the held-out judge's expected revenue and reward of the stored answer.
+    ``queries`` are the replay's events under the run id :data:`QUERIES_RUN`."""
     from llm_auction.infra import warehouse
     from llm_auction.trainer.evaluation import held_out_judge
 
-    by_key = {q.query_id.replace(".eval.", "."): q for q in queries}
+    by_key = {replay_key(q.query_id, QUERIES_RUN): q for q in queries}
     rows = warehouse.answer_rows(client, list(runs.values()))
     texts = warehouse.answer_texts(client, list(runs.values()))
-    arm_of_run = {f".{r}.": arm for arm, r in runs.items()}
     out = []
-    for r in rows.to_dict(orient="records"):
-        tag = next(t for t in arm_of_run if t in r["query_id"])
-        arm = arm_of_run[tag]
-        if r["policy_version"] != arm:
-            raise RuntimeError(f"answer {r['query_id']} was served by {r['policy_version']}, not {arm}: the evaluation's routing did not hold")
-        r = {**r, "arm": arm, "key": r["query_id"].replace(tag, ".")}
+    for r in rows.to_dict(orient="records"):  # serve_arm checked that each run's answers came from its arm
+        arm = r["policy_version"]
+        r = {**r, "arm": arm, "key": replay_key(r["query_id"], runs[arm])}
         r["realized_reward"] = r["reward"]  # the monitor's: realized revenue - penalty
         r["reward"] = r["expected_revenue"] - _penalty(r)
         out.append(r)
@@ -76,10 +80,9 @@ def _penalty(r: Mapping[str, Any]) -> float:
 
 
 def _ci(values) -> dict[str, Any]:
-    from llm_auction.trainer.stats import mean_ci
+    from llm_auction.trainer.stats import interval
 
-    mean, low, high = mean_ci(values)
-    return {"mean": mean, "ci95": [low, high]}
+    return interval(values)
 
 
 def table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[dict[str, Any]]:
@@ -108,4 +111,4 @@ def table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[dict[s
     return out
 
 
-__all__ = ["BASELINE", "MEANS", "PAIRED", "answers", "table"]
+__all__ = ["BASELINE", "MEANS", "QUERIES_RUN", "PAIRED", "answers", "replay_key", "table"]

@@ -147,7 +147,7 @@ def run_eval(settings, o: EvalOptions, out: Path, *, step: Step = log_step) -> d
     registry = ModelRegistry(settings.resolved_registry_dir(), "policy")
     policies = resolve_policies(o.policies, registry)
     arms = list(dict.fromkeys([*o.mechanisms, *(f"policy:{v}" for v in policies)]))
-    replay = ReplayConfig(split=o.split, limit=o.queries, seed=o.seed, run_id="eval", loop=True)
+    replay = ReplayConfig(split=o.split, limit=o.queries, seed=o.seed, run_id=eval_figures.QUERIES_RUN, loop=True)
     queries = list(replay_events(world, replay))
     if len(queries) < o.queries:
         raise ValueError(f"the world's {o.split} split has no queries (a world from before the validation split? regenerate it)")
@@ -156,22 +156,21 @@ def run_eval(settings, o: EvalOptions, out: Path, *, step: Step = log_step) -> d
         if overlap := trained_on_overlap(registry, world, v, world_ids):
             raise ValueError(f"policy {v} was trained on {sum(map(len, overlap.values()))} of the {o.split} queries "
                              f"({', '.join(f'{k}: {ids[:3]}...' for k, ids in overlap.items())}): refusing to report on them")
-    fingerprint = {k: v for k, v in asdict(o).items()} | {"arms": arms, "world": str(world.root)}
+    fingerprint = {**asdict(o), "arms": arms, "world": str(world.root)}
     _check_resume(stages, fingerprint)
     step("evaluating", arms=arms, queries=o.queries, split=o.split, out=str(out))
 
     model_path = embedded.prepare_model(settings, step)
     backend = open_backend(settings, model=model_path)
     try:
-        encoder = None
         from llm_auction.models.encoder import load_encoder
 
-        encoder = load_encoder()
+        encoder = load_encoder()  # one per process: the pipeline's services share it
         served = open_reward(o.reward, settings=settings, encoder=encoder)
         step("served pCTR for mosaic and slot", reward=served.version)
         with embedded.pipeline(settings, backend, step, score=served.score, rollout_topic=EVAL_ROLLOUT) as p:
             runs = {arm: serve_arm(p, world, registry, arm, o, stages, step) for arm in arms}
-            rows = _stage(stages, "figures", lambda: eval_figures.answers(p.client, runs, settings, encoder, queries, world.root), step)
+            rows = _stage(stages, "figures", lambda: eval_figures.answers(p.client, runs, settings, encoder, queries), step)
         props = _stage(stages, "properties", lambda: properties(backend, settings, encoder, served, queries, policies, o, step, rows), step) if _sweeps(o) else {}
     finally:
         backend.close()
@@ -248,7 +247,9 @@ def continuity_pair(shown, rows, seed: int):
     the first query and a seeded candidate."""
     import random
 
-    by_key = {q.query_id.replace(".eval.", "."): q for q in shown}
+    from .eval_figures import QUERIES_RUN, replay_key
+
+    by_key = {replay_key(q.query_id, QUERIES_RUN): q for q in shown}
     for r in rows:
         if r["arm"] == "pretrained" and r.get("exposed_ad_ids") and r["key"] in by_key:
             q = by_key[r["key"]]

@@ -18,7 +18,7 @@ from llm_auction.schemas import QueryEvent
 
 from .irpo import sample_answers, score_samples
 from .reward import PctrFn
-from .stats import mean_ci
+from .stats import interval
 
 
 def evaluate_versions(cfg, versions: Sequence[str], *, world, model, registry, encoder, settings, samples: int, pctr_version: str | None = None,
@@ -83,8 +83,7 @@ def expected_revenue(samples: pd.DataFrame) -> pd.Series:
 
 
 def _ci(values) -> dict[str, Any]:
-    mean, low, high = mean_ci(values)
-    return {"mean": round(mean, 3), "ci95": [round(low, 3), round(high, 3)]}
+    return interval(values, digits=3)
 
 
 def evaluation_summary(samples: pd.DataFrame) -> dict[str, Any]:

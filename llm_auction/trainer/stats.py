@@ -29,6 +29,15 @@ def mean_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: i
     return float(v.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def interval(values: Sequence[float], digits: int | None = None) -> dict[str, float | list[float]]:
+    """``{"mean": m, "ci95": [low, high]}`` of :func:`mean_ci`, the form reports carry; rounded to
+    ``digits`` when given."""
+    mean, low, high = mean_ci(values)
+    if digits is not None:
+        mean, low, high = round(mean, digits), round(low, digits), round(high, digits)
+    return {"mean": mean, "ci95": [low, high]}
+
+
 def ratio_ci(num: Sequence[float], den: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(sum(num) / sum(den), low, high): a ratio of totals (CTR: clicks over exposures) with its
     percentile-bootstrap interval, the units resampled in pairs (a resample whose ``den`` sums to 0
@@ -51,4 +60,4 @@ def ratio_ci(num: Sequence[float], den: Sequence[float], *, confidence: float = 
     return point, float(low), float(high)
 
 
-__all__ = ["mean_ci", "ratio_ci"]
+__all__ = ["interval", "mean_ci", "ratio_ci"]
