@@ -12,9 +12,7 @@ the rank correlation of the two. One command; prints a table and writes bench/re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +24,10 @@ from common import machine, table, write_results  # noqa: E402
 
 def answers(n: int):
     """(query, profile, answer text, kind) for ``n`` world questions."""
-    from llm_auction.schemas import UserProfile
-    from llm_auction.schemas.catalog import load_catalog
+    from llm_auction.models.user_sim.examples import world_questions
 
-    vocab = json.loads(resources.files("llm_auction.data").joinpath("world_vocab.json").read_text())
     rng = np.random.default_rng(0)
-    interests, templates, ads = sorted(vocab["interests"]), vocab["query_templates"], list(load_catalog())
-    for k in range(n):
-        interest = interests[k % len(interests)]
-        query = templates[k % len(templates)].format(interest=interest, interest2=interest, season="autumn", occupation="teacher", age="35")
-        profile = UserProfile(user_id=f"j{k}", info="A 35-year-old teacher living in Shanghai.", interests=[interest, interests[(k + 7) % len(interests)]])
-        cats = set(vocab["interests"][interest])
-        rel = [a for a in ads if a.category in cats]
-        other = [a for a in ads if a.category not in cats]
+    for interest, query, profile, rel, other in world_questions(n, "j"):
         a, b, o = rel[rng.integers(len(rel))], rel[(rng.integers(len(rel)) + 1) % len(rel)], other[rng.integers(len(other))]
         m = lambda ad: f"@{ad.title}@[{ad.ad_id}]"  # noqa: E731
         body = f"Good question about {interest}. Start small, keep a routine you enjoy, and build from there week by week."

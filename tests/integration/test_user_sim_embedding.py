@@ -5,9 +5,7 @@ One real MiniLM encoder is shared by the module (loading it is most of the cost)
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -274,19 +272,9 @@ def test_factory_builds_the_embedding_backend_and_rejects_unknown_names(encoder)
 # ---------- calibration on the synthetic world ----------
 def test_world_queries_click_interest_ads_far_more_than_others(sim):
     """Ads of the categories behind the query's interest average 10-40%; all others < 5%."""
-    vocab = json.loads(resources.files("llm_auction.data").joinpath("world_vocab.json").read_text())
     rng = np.random.default_rng(0)
-    interests = sorted(vocab["interests"])
-    templates = vocab["query_templates"]
-    ads = list(CATALOG.values())
     responses, relevant_flags = [], []
-    for k in range(40):
-        interest = interests[k % len(interests)]
-        query = templates[k % len(templates)].format(interest=interest, interest2=interest, season="autumn", occupation="teacher", age="35")
-        profile = UserProfile(user_id=f"w{k}", info="A 35-year-old teacher living in Shanghai.", interests=[interest, interests[(k + 7) % len(interests)]])
-        cats = set(vocab["interests"][interest])
-        relevant = [a for a in ads if a.category in cats]
-        other = [a for a in ads if a.category not in cats]
+    for k, (interest, query, profile, relevant, other) in enumerate(ex.world_questions(40, "w")):
         for ad, is_rel in ((relevant[rng.integers(len(relevant))], True), (other[rng.integers(len(other))], False)):
             answer = (
                 f"Good question about {interest}. Start small, keep a routine you enjoy, and build from there week by week. "

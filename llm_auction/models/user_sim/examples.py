@@ -5,6 +5,10 @@ cup of Table 1; Table 3's vitamin B12 should beat the sofa for a soup question; 
 the flow should beat one appended below the conclusion. Table 1's feedback JSON is also the
 demonstration in the User-LLM prompt. Only Table 1 gives a profile; the others get a plausible
 one here (marked as ours).
+
+:func:`world_questions` adds questions of the synthetic world's templates with the catalog ads
+of their interest and the others: what the calibration test and ``bench/judge.py`` build
+answers from.
 """
 
 from __future__ import annotations
@@ -122,3 +126,24 @@ TABLE5_PRETRAINED_BOTH = (
     "2. American Ginseng, Astragalus, and Goji Berry Tea: This blend replenishes qi and blood, enhances stamina, and "
     "reduces fatigue. For a milder flavor, steep with a few red dates or longan. [@American Ginseng Tea@\\[Ad-3356\\]](#)."
 )
+
+
+def world_questions(n: int, user_prefix: str = "w"):
+    """``n`` questions from the world's templates, cycling over its interests: per question
+    ``(interest, query, profile, relevant ads, other ads)``, the relevant ones of the categories
+    behind the question's interest (``world_vocab.json``), in catalog order. Which ads an answer
+    shows is the caller's draw."""
+    import json
+    from importlib import resources
+
+    from llm_auction.schemas.catalog import load_catalog
+
+    vocab = json.loads(resources.files("llm_auction.data").joinpath("world_vocab.json").read_text())
+    interests, templates, ads = sorted(vocab["interests"]), vocab["query_templates"], list(load_catalog())
+    for k in range(n):
+        interest = interests[k % len(interests)]
+        query = templates[k % len(templates)].format(interest=interest, interest2=interest, season="autumn", occupation="teacher", age="35")
+        profile = UserProfile(user_id=f"{user_prefix}{k}", info="A 35-year-old teacher living in Shanghai.",
+                              interests=[interest, interests[(k + 7) % len(interests)]])
+        cats = set(vocab["interests"][interest])
+        yield interest, query, profile, [a for a in ads if a.category in cats], [a for a in ads if a.category not in cats]
